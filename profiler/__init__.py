@@ -1,0 +1,1 @@
+"""hatprof profiler: design spaces, SubTransformers, export, timing and latency datasets."""
