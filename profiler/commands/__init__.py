@@ -1,0 +1,1 @@
+"""click commands of the profiler: one module per command or group."""

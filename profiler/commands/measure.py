@@ -1,0 +1,129 @@
+"""`hatprof measure`: time sampled SubTransformers on one device into a latency dataset."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from profiler.dataset import DatasetWriter, make_settings
+from profiler.errors import HatprofError
+from profiler.measure import ArchResult, MeasureJob, measure_archs
+from profiler.options import cpus_option, format_option, protocol_options, seed_option, space_option
+from profiler.protocol import TimingProtocol
+from profiler.space import ArchConfig, DesignSpace
+from profiler.target import LocalTarget, MeasureTarget
+
+RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "eager": "pytorch"}
+
+
+def open_device(name: str, threads: int, cpus: set[int] | None, inventory: str | None) -> MeasureTarget:
+    """`local`, or a device named in the inventory (its agents measure)."""
+    if name == "local":
+        return LocalTarget(threads=threads, cpus=cpus)
+    try:
+        from device_agents.inventory import load_inventory
+    except ModuleNotFoundError:
+        raise HatprofError(f"unknown device {name!r} (known: local)") from None
+    return load_inventory(inventory).open_target(name)
+
+
+def read_arch_lines(path: Path, space: DesignSpace) -> list[ArchConfig]:
+    """Architectures from a file of JSON lines (as `hatprof space sample` writes), validated."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise HatprofError(f"cannot read {path}: {exc.strerror}") from None
+    archs = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                archs.append(ArchConfig.from_json(line).validate(space))
+            except HatprofError as exc:
+                raise HatprofError(f"{path}:{number}: {exc}") from None
+    if not archs:
+        raise HatprofError(f"{path} holds no architectures")
+    return archs
+
+
+def _result_line(result: ArchResult) -> str:
+    if not result.ok:
+        return f"{result.arch.arch_id}  FAILED ({result.error}): {result.message}"
+    row = result.row
+    flag = "  unstable" if row["unstable"] else ""
+    return (f"{result.arch.arch_id}  encoder {row['latency_mean_encoder']:8.2f} ms  "
+            f"decoder {row['latency_mean_decoder']:8.2f} ms  total {row['latency_ms']:8.2f} ms{flag}")
+
+
+def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget, out: Path,
+                resume: bool, device: str) -> list[ArchResult]:
+    """Measure `archs` into `out` with a progress bar; the shared body of measure and demo."""
+    info = target.info()
+    settings = make_settings(job.space, job.protocol, device=device, host=info.get("hostname", ""),
+                             runtime=RUNTIMES[job.fmt], fmt=job.fmt)
+    with DatasetWriter(out, settings, resume=resume) as writer:
+        todo = [a for a in archs if a.arch_id not in writer.done_ids]
+        if len(todo) < len(archs):
+            click.echo(f"resuming: {len(archs) - len(todo)} of {len(archs)} already in {out}", err=True)
+        with click.progressbar(length=len(todo), label=f"measuring on {device}", file=sys.stderr,
+                               show_eta=True, show_pos=True) as bar:
+            def advance(result: ArchResult) -> None:
+                bar.update(1)
+
+            return measure_archs(todo, job, target, writer, on_result=advance)
+
+
+@click.command()
+@click.option("--device", default="local", show_default=True,
+              help="'local', or a device name from the inventory (see `hatprof devices list`).")
+@click.option("--inventory", type=click.Path(dir_okay=False), default=None,
+              help="Device inventory file (default: $HATPROF_DEVICES, then ~/.config/hatprof/devices.toml).")
+@space_option
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Number of architectures to sample from the space.  [default: 10]")
+@click.option("--archs", "archs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Measure these architectures (JSON lines) instead of sampling.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Latency CSV to write; raw samples go to <name>.raw.jsonl beside it.")
+@seed_option
+@protocol_options
+@format_option
+@cpus_option
+@click.option("--resume", is_flag=True,
+              help="Append to an existing file of the same device and settings, skipping measured archs.")
+@click.option("--retry-unstable", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Measure an architecture flagged unstable again, up to this many times.")
+@click.option("--interleave", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Architectures whose rounds are interleaved (a kill loses at most this many rows).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Artifact cache (default: $HATPROF_CACHE, then ~/.cache/hatprof/artifacts).")
+def measure(device: str, inventory: str | None, space: DesignSpace, samples: int | None,
+            archs_file: Path | None, out: Path, seed: int, protocol: TimingProtocol, fmt: str,
+            cpus: set[int] | None, resume: bool, retry_unstable: int, interleave: int,
+            cache_dir: Path | None) -> None:
+    """Time SubTransformers with the trimmed-mean protocol and write a latency dataset.
+
+    Each architecture is exported (cached), then its encoder and its beam-search decoder
+    are timed separately, `--runs` times each after `--warmup` untimed runs, in `--rounds`
+    interleaved rounds; the trimmed mean of each part goes to the CSV, every raw sample to
+    the sidecar.
+    """
+    if archs_file is not None and samples is not None:
+        raise click.BadParameter("give --samples or --archs, not both")
+    archs = (read_arch_lines(archs_file, space) if archs_file is not None
+             else space.sample_many(samples or 10, seed))
+    job = MeasureJob(space=space, protocol=protocol, fmt=fmt, cache_dir=cache_dir,
+                     interleave=interleave, retry_unstable=retry_unstable)
+    target = open_device(device, protocol.threads, cpus, inventory)
+    try:
+        results = run_measure(archs, job, target, out, resume, device)
+    finally:
+        target.close()
+    for result in results:
+        click.echo(_result_line(result))
+    failed = [r for r in results if not r.ok]
+    unstable = [r for r in results if r.ok and r.row["unstable"]]
+    click.echo(f"{len(results) - len(failed)} measured into {out}, {len(unstable)} flagged unstable, "
+               f"{len(failed)} failed", err=True)
+    if failed:
+        raise HatprofError(f"{len(failed)} architectures failed; rerun with --resume to retry them")

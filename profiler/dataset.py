@@ -1,0 +1,501 @@
+"""Latency datasets: HAT's CSV columns first, then hatprof's, plus a sidecar of raw samples.
+
+A dataset file belongs to one device and one measurement setting (`SETTINGS`);
+appending rows measured otherwise is refused, as pyperf refuses to mix runs.
+Rows are written one at a time and fsynced, the raw samples (`<name>.raw.jsonl`)
+before the CSV row, so a killed run loses at most the row in flight and every
+CSV row has its samples; `--resume` repairs a torn last line and skips the
+architectures already present.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from profiler.errors import DatasetError, HatprofError
+from profiler.protocol import ROUND_SPREAD_LIMIT, Measurement, TimingProtocol, spread
+from profiler.space import HAT_FEATURES, ArchConfig, DesignSpace
+
+try:  # advisory lock against two writers of one file; POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+logger = logging.getLogger(__name__)
+
+HAT_LATENCY_COLUMNS = ("latency_mean_encoder", "latency_mean_decoder",
+                       "latency_std_encoder", "latency_std_decoder")
+#: HAT's 14 columns, with HAT's names and order (latencies in ms).
+HAT_COLUMNS = HAT_FEATURES + HAT_LATENCY_COLUMNS
+#: The settings every row of one file shares.
+SETTINGS = ("space", "device", "host", "runtime", "format", "runs", "warmup", "trim", "rounds",
+            "threads", "seq_len", "beam", "vocab")
+_INT_SETTINGS = frozenset({"runs", "warmup", "rounds", "threads", "seq_len", "beam", "vocab"})
+_STAT_COLUMNS = ("latency_median_ms", "latency_min_ms", "cv_encoder", "cv_decoder",
+                 "round_spread", "other_cpu", "unstable")
+COLUMNS = (HAT_COLUMNS + ("latency_ms", "arch_id", "arch") + SETTINGS + ("cpus",)
+           + _STAT_COLUMNS + ("measured_at",))
+_TEXT_COLUMNS = ("arch_id", "arch", "space", "device", "host", "runtime", "format", "cpus", "measured_at")
+_NS_PER_MS = 1e6
+#: Floats must read back exactly; pandas 3 does so by default and deprecates the option.
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+
+def raw_path_for(path: str | os.PathLike) -> Path:
+    """The raw-samples sidecar of a dataset: `x.csv` -> `x.raw.jsonl`."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lower() == ".csv" else path
+    return stem.with_name(stem.name + ".raw.jsonl")
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell; floats in their shortest exact form, so reading back gives the same number."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DatasetError(f"refusing to write the non-finite value {value}")
+        return repr(value)
+    return str(value)
+
+
+def _setting_text(name: str, value: Any) -> str:
+    """The canonical text of one setting (what the CSV holds and what is compared); idempotent."""
+    if name in _INT_SETTINGS:
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DatasetError(f"setting {name} must be a non-negative integer, got {value!r}")
+        return str(value)
+    if name == "trim":
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not 0 <= number < 0.5:
+            raise DatasetError(f"setting trim must be a number in [0, 0.5), got {value!r}")
+        return repr(number)
+    if not isinstance(value, str) or not value or "\n" in value:
+        raise DatasetError(f"setting {name} must be a non-empty one-line string, got {value!r}")
+    return value
+
+
+def normalize_settings(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Check a settings mapping has exactly `SETTINGS` and give each its canonical text."""
+    if not isinstance(settings, Mapping):
+        raise DatasetError("dataset settings must be a mapping")
+    missing = [s for s in SETTINGS if s not in settings]
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if missing or unknown:
+        raise DatasetError(f"dataset settings: missing {missing or 'none'}, unknown {unknown or 'none'}")
+    return {name: _setting_text(name, settings[name]) for name in SETTINGS}
+
+
+def make_settings(space: DesignSpace, protocol: TimingProtocol, *, device: str, host: str,
+                  runtime: str, fmt: str) -> dict[str, str]:
+    """The settings of a measurement run, from its space, protocol and target."""
+    return normalize_settings({
+        "space": space.name, "device": device, "host": host, "runtime": runtime, "format": fmt,
+        "runs": protocol.runs, "warmup": protocol.warmup, "trim": protocol.trim,
+        "rounds": protocol.rounds, "threads": protocol.threads, "seq_len": protocol.seq_len,
+        "beam": protocol.beam, "vocab": space.tgt_vocab,
+    })
+
+
+def _csv_line(values: Iterable[Any]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow([_cell(v) for v in values])
+    return buffer.getvalue().encode()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some systems cannot open directories; the data itself is synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early, with one clear line, where `path` cannot be written."""
+    if path.is_dir():
+        raise DatasetError(f"{path} is a directory, not a dataset file")
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as exc:
+            raise DatasetError(f"cannot create directory {parent}: {exc.strerror}") from None
+    if not parent.is_dir():
+        raise DatasetError(f"cannot write {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DatasetError(f"cannot write {path}: directory {parent} is not writable")
+
+
+def _complete_part(data: bytes) -> bytes:
+    """`data` up to its last newline: a line without one was torn by a kill mid-write."""
+    return data[:data.rfind(b"\n") + 1]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class DatasetWriter:
+    """Appends measured rows to one dataset file (and its raw sidecar), durably, one at a time."""
+
+    def __init__(self, path: str | os.PathLike, settings: Mapping[str, Any], resume: bool = False) -> None:
+        self.path = Path(path)
+        self.raw_path = raw_path_for(self.path)
+        self.settings = normalize_settings(settings)
+        self.done_ids: set[str] = set()
+        if self.path.exists() and not resume:
+            raise DatasetError(f"{self.path} already exists; use --resume to add to it")
+        if self.raw_path.exists() and not resume:
+            raise DatasetError(f"{self.raw_path} already exists; use --resume to add to it")
+        _check_writable(self.path)
+        try:
+            self._csv = open(self.path, "ab")
+        except OSError as exc:
+            raise DatasetError(f"cannot write {self.path}: {exc.strerror}") from None
+        try:
+            self._lock()
+            data = self.path.read_bytes()
+            complete = _complete_part(data)
+            if complete:
+                self.done_ids = self._check_existing(complete.decode("utf-8", errors="replace"))
+            # Every check passed: only now repair what a killed run left behind.
+            if len(complete) < len(data):
+                logger.warning("%s: dropping a partial last line (%d bytes) left by an interrupted run",
+                               self.path, len(data) - len(complete))
+                os.truncate(self.path, len(complete))
+            self._repair_raw()
+            self._raw = open(self.raw_path, "ab")
+        except BaseException:
+            self._csv.close()
+            raise
+        if not complete:
+            self._append(self._csv, _csv_line(COLUMNS))
+            _fsync_dir(self.path.parent)
+
+    def _lock(self) -> None:
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._csv.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DatasetError(f"{self.path} is being written by another process") from None
+
+    def _check_existing(self, text: str) -> set[str]:
+        """The arch_ids in the file; refuses a foreign schema or rows measured with other settings."""
+        rows = csv.reader(io.StringIO(text))
+        header = next(rows, [])
+        if tuple(header) != COLUMNS:
+            raise DatasetError(f"{self.path} does not have hatprof's measured-dataset columns "
+                               "(an imported or foreign file?); write to a new file")
+        done = set()
+        for line_no, row in enumerate(rows, start=2):
+            if len(row) != len(COLUMNS):
+                raise DatasetError(f"{self.path} line {line_no} has {len(row)} fields, expected {len(COLUMNS)}")
+            values = dict(zip(COLUMNS, row))
+            for name in SETTINGS:
+                if values[name] != self.settings[name]:
+                    raise DatasetError(
+                        f"{self.path} was measured with {name}={values[name]!r} (line {line_no}), this run "
+                        f"has {name}={self.settings[name]!r}; use a new file for other settings")
+            done.add(values["arch_id"])
+        return done
+
+    def _repair_raw(self) -> None:
+        """Keep only complete raw lines of rows the CSV has, once each."""
+        try:
+            data = self.raw_path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise DatasetError(f"cannot read {self.raw_path}: {exc.strerror}") from None
+        kept: list[bytes] = []
+        seen: set[str] = set()
+        for line in _complete_part(data).splitlines(keepends=True):
+            try:
+                arch_id = json.loads(line).get("arch_id")
+            except (ValueError, AttributeError):
+                continue
+            if arch_id in self.done_ids and arch_id not in seen:
+                kept.append(line)
+                seen.add(arch_id)
+        if b"".join(kept) != data:
+            logger.warning("%s: dropping %d raw line(s) that are partial or have no CSV row",
+                           self.raw_path, len(data.splitlines()) - len(kept))
+            _write_atomically(self.raw_path, b"".join(kept))
+        missing = self.done_ids - seen
+        if missing:
+            logger.warning("%s: %d row(s) have no raw samples in %s", self.path, len(missing), self.raw_path)
+
+    @staticmethod
+    def _append(f, data: bytes) -> None:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+    def write(self, row: Mapping[str, Any], raw: Mapping[str, Any]) -> None:
+        """Append one row (from `row_from_measurement`): its raw samples first, then the CSV line."""
+        if self._csv.closed:
+            raise DatasetError(f"{self.path} is closed")
+        missing = [c for c in COLUMNS if c not in row]
+        unknown = sorted(set(row) - set(COLUMNS))
+        if missing or unknown:
+            raise DatasetError(f"dataset row: missing {missing or 'none'}, unknown {unknown or 'none'}")
+        for name in SETTINGS:
+            if _cell(row[name]) != self.settings[name]:
+                raise DatasetError(f"row has {name}={row[name]!r} but {self.path} holds "
+                                   f"{name}={self.settings[name]!r}; refusing to mix settings")
+        arch_id = row["arch_id"]
+        if not arch_id or raw.get("arch_id") != arch_id:
+            raise DatasetError("a measured row needs an arch_id, the same in its raw samples")
+        if arch_id in self.done_ids:
+            raise DatasetError(f"{self.path} already has a row for architecture {arch_id}")
+        try:
+            self._append(self._raw, (json.dumps(raw, separators=(",", ":")) + "\n").encode())
+            self._append(self._csv, _csv_line(row[c] for c in COLUMNS))
+        except OSError as exc:
+            raise DatasetError(f"cannot write {self.path}: {exc.strerror}") from None
+        self.done_ids.add(arch_id)
+
+    def close(self) -> None:
+        self._raw.close()
+        self._csv.close()
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _statistics(encoder: Measurement, decoder: Measurement) -> dict[str, Any]:
+    """Every statistic column of a row, from the two measurements alone."""
+    if encoder.round_sizes != decoder.round_sizes:
+        raise DatasetError(f"encoder and decoder were timed in different rounds "
+                           f"({list(encoder.round_sizes)} vs {list(decoder.round_sizes)})")
+    total_rounds = [e + d for e, d in zip(encoder.round_trimmed_means_ms, decoder.round_trimmed_means_ms)]
+    round_spread = spread(total_rounds)
+    others = [o for o in (encoder.max_other_cpu, decoder.max_other_cpu) if o is not None]
+    return {
+        "latency_mean_encoder": encoder.trimmed_mean_ms,
+        "latency_mean_decoder": decoder.trimmed_mean_ms,
+        "latency_std_encoder": encoder.std_ms,
+        "latency_std_decoder": decoder.std_ms,
+        "latency_ms": encoder.trimmed_mean_ms + decoder.trimmed_mean_ms,
+        # Encoder and decoder are timed apart, so the row's median and minimum are sums of parts.
+        "latency_median_ms": encoder.median_ms + decoder.median_ms,
+        "latency_min_ms": encoder.min_ms + decoder.min_ms,
+        "cv_encoder": encoder.cv,
+        "cv_decoder": decoder.cv,
+        "round_spread": round_spread,
+        "other_cpu": max(others) if others else None,
+        "unstable": encoder.unstable or decoder.unstable or round_spread > ROUND_SPREAD_LIMIT,
+    }
+
+
+def row_from_measurement(arch: ArchConfig, space: DesignSpace, settings: Mapping[str, Any],
+                         encoder: Measurement, decoder: Measurement, environment: Mapping[str, Any],
+                         measured_at: dt.datetime | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The CSV row and the raw-samples line of one measured architecture."""
+    settings = normalize_settings(settings)
+    arch.validate(space)
+    if settings["space"] != space.name or settings["vocab"] != str(space.tgt_vocab):
+        raise DatasetError(f"settings name space {settings['space']!r} with vocab {settings['vocab']}, "
+                           f"but the architecture is from {space.name!r} with vocab {space.tgt_vocab}")
+    for part, m in (("encoder", encoder), ("decoder", decoder)):
+        if (repr(m.trim) != settings["trim"] or str(m.n) != settings["runs"]
+                or str(len(m.round_sizes)) != settings["rounds"]):
+            raise DatasetError(f"the {part} was timed with trim={m.trim}, {m.n} runs in {len(m.round_sizes)} "
+                               f"rounds; the settings say trim={settings['trim']}, runs={settings['runs']}, "
+                               f"rounds={settings['rounds']}")
+    when = measured_at or dt.datetime.now(dt.timezone.utc)
+    row: dict[str, Any] = dict(zip(HAT_FEATURES, arch.hat_features()))
+    row.update(_statistics(encoder, decoder))
+    row.update(settings)
+    row.update(arch_id=arch.arch_id, arch=arch.canonical_json(), cpus=str(environment.get("affinity", "")),
+               measured_at=when.astimezone(dt.timezone.utc).isoformat(timespec="seconds"))
+    raw = {
+        "arch_id": arch.arch_id,
+        "encoder_ms": [s / _NS_PER_MS for s in encoder.samples_ns],
+        "decoder_ms": [s / _NS_PER_MS for s in decoder.samples_ns],
+        "round_sizes": list(encoder.round_sizes),
+        "other_cpu": {"encoder": list(encoder.other_cpu), "decoder": list(decoder.other_cpu)},
+        "environment": dict(environment),
+    }
+    return {c: row[c] for c in COLUMNS}, raw
+
+
+def recompute_from_raw(raw_line: str | Mapping[str, Any], trim: float) -> dict[str, Any]:
+    """The statistic columns of a row, recomputed from its raw-samples line.
+
+    Samples are stored in ms; ns/1e6 as a double maps back to the same integer ns exactly.
+    """
+    try:
+        raw = json.loads(raw_line) if isinstance(raw_line, str) else raw_line
+        parts = []
+        for part in ("encoder", "decoder"):
+            parts.append(Measurement(
+                samples_ns=tuple(round(ms * _NS_PER_MS) for ms in raw[f"{part}_ms"]),
+                round_sizes=tuple(raw["round_sizes"]),
+                other_cpu=tuple(raw["other_cpu"][part]),
+                trim=trim,
+            ))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"malformed raw-samples line: {exc}") from None
+    except HatprofError as exc:
+        raise DatasetError(f"inconsistent raw-samples line: {exc}") from None
+    return _statistics(*parts)
+
+
+def read_dataset(path: str | os.PathLike) -> pd.DataFrame:
+    """A latency CSV (hatprof's or HAT's 14 columns), checked: HAT columns present, numeric, no NaN."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"no such dataset file: {path}")
+    if path.is_dir():
+        raise DatasetError(f"{path} is a directory, not a dataset file")
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, **_EXACT_FLOATS)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(f"cannot read {path} as CSV: {first}") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror}") from None
+    missing = [c for c in HAT_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{path} is not a latency dataset: missing column(s) {', '.join(missing)}")
+    for column in HAT_COLUMNS:
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            lines = ", ".join(str(i + 2) for i in bad[bad].index[:5])
+            raise DatasetError(f"{path}: column {column} is empty or not a number on line(s) {lines}")
+        df[column] = values
+    for column in _TEXT_COLUMNS:
+        if column in df.columns:
+            df[column] = df[column].fillna("")
+    return df
+
+
+def import_hat(src: str | os.PathLike, out: str | os.PathLike, device: str | None = None) -> int:
+    """Convert one of HAT's published latency CSVs to this schema (features only: no arch); returns rows."""
+    src, out = Path(src), Path(out)
+    if out.exists():
+        raise DatasetError(f"{out} already exists; choose another --out")
+    try:
+        text = src.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"no such file: {src}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{src} is not a text CSV file") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {src}: {exc.strerror}") from None
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    except csv.Error as exc:
+        raise DatasetError(f"cannot read {src} as CSV: {exc}") from None
+    if not rows:
+        raise DatasetError(f"{src} is empty")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in HAT_COLUMNS if c not in header]
+    if missing:
+        raise DatasetError(f"{src} is not a HAT latency CSV: missing column(s) {', '.join(missing)}")
+    extra = [h for h in header if h not in HAT_COLUMNS and h and not h.startswith("Unnamed")]
+    if extra:
+        logger.warning("%s: ignoring column(s) HAT's format does not have: %s", src, ", ".join(extra))
+    index = {c: header.index(c) for c in HAT_COLUMNS}
+    device = device or src.stem
+    lines = [_csv_line(COLUMNS)]
+    for line_no, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DatasetError(f"{src} line {line_no} has {len(row)} fields, the header has {len(header)}")
+        values = {c: row[i].strip() for c, i in index.items()}
+        try:
+            numbers = {c: float(v) for c, v in values.items()}
+        except ValueError:
+            raise DatasetError(f"{src} line {line_no}: a HAT column is not a number") from None
+        if not all(math.isfinite(v) for v in numbers.values()):
+            raise DatasetError(f"{src} line {line_no}: a HAT column is not finite")
+        out_row = dict.fromkeys(COLUMNS, "")
+        out_row.update(values)
+        out_row.update(device=device,
+                       latency_ms=numbers["latency_mean_encoder"] + numbers["latency_mean_decoder"])
+        lines.append(_csv_line(out_row[c] for c in COLUMNS))
+    if len(lines) == 1:
+        raise DatasetError(f"{src} has a header but no rows")
+    _check_writable(out)
+    try:
+        _write_atomically(out, b"".join(lines))
+    except OSError as exc:
+        raise DatasetError(f"cannot write {out}: {exc.strerror}") from None
+    return len(lines) - 1
+
+
+def _plain(value: Any) -> Any:
+    """A pandas/numpy scalar as a plain JSON value (integral floats as ints)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Rows, devices, settings, latency range and unstable count of a dataset, JSON-able."""
+    df = read_dataset(path)
+    latency = (df["latency_ms"] if "latency_ms" in df.columns and df["latency_ms"].notna().all()
+               else df["latency_mean_encoder"] + df["latency_mean_decoder"])
+    settings = {}
+    for name in SETTINGS:
+        if name in df.columns:
+            values = sorted({_plain(v) for v in df[name].dropna() if v != ""}, key=str)
+            settings[name] = values
+    unstable = None
+    if "unstable" in df.columns and df["unstable"].notna().any():  # imported rows leave it empty
+        unstable = int(df["unstable"].astype(str).str.lower().eq("true").sum())
+    raw = raw_path_for(path)
+    return {
+        "path": str(path),
+        "rows": int(len(df)),
+        "devices": settings.get("device", []),
+        "settings": settings,
+        "latency_ms": ({"min": float(latency.min()), "median": float(latency.median()),
+                        "max": float(latency.max())} if len(df) else None),
+        "unstable": unstable,
+        "raw_sidecar": str(raw) if raw.exists() else None,
+    }

@@ -1,0 +1,119 @@
+"""Where measurements run: the in-process target, wrapped unchanged by the device agent.
+
+A target times one round (warm-up plus a block of timed runs of the encoder, then of
+the decoder) of an exported artifact. `LocalTarget` does it in this process, pinned to
+explicit CPUs with an explicit thread count; the device agent serves a `LocalTarget`
+over HTTP and `device_agents.client.RemoteTarget` speaks to it with the same methods,
+so local and remote measurements take the same code path.
+
+Torch-free: ONNX artifacts run with onnxruntime alone; TorchScript and eager runners
+are imported only when asked for.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol as TypingProtocol
+
+from profiler.metadata import collect_environment, default_cpus, pin_process, snapshot
+from profiler.protocol import RoundResult, time_round
+from profiler.workload import Runner
+
+
+@dataclass(frozen=True)
+class RoundPair:
+    """One round of timed runs of both halves of the workload, with the machine state around it."""
+
+    encoder: RoundResult
+    decoder: RoundResult
+    before: Mapping[str, Any] = field(default_factory=dict)
+    after: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "encoder_ns": list(self.encoder.samples_ns),
+            "decoder_ns": list(self.decoder.samples_ns),
+            "encoder_other_cpu": self.encoder.other_cpu_fraction,
+            "decoder_other_cpu": self.decoder.other_cpu_fraction,
+            "before": dict(self.before),
+            "after": dict(self.after),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RoundPair":
+        return cls(
+            encoder=RoundResult(tuple(int(s) for s in data["encoder_ns"]), data.get("encoder_other_cpu")),
+            decoder=RoundResult(tuple(int(s) for s in data["decoder_ns"]), data.get("decoder_other_cpu")),
+            before=dict(data.get("before") or {}),
+            after=dict(data.get("after") or {}),
+        )
+
+
+class MeasureTarget(TypingProtocol):
+    """What `profiler.measure` needs from a place that measures."""
+
+    name: str
+    threads: int
+
+    def info(self) -> dict[str, Any]: ...
+
+    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int,
+                      warmup: int, runs: int) -> RoundPair: ...
+
+    def close(self) -> None: ...
+
+
+def open_runner(artifact_dir: Path, fmt: str, seq_len: int, beam: int, threads: int) -> Runner:
+    """A runner for an artifact; onnx needs only onnxruntime, the others import torch."""
+    if fmt == "onnx":
+        from profiler.ort_runner import OnnxRunner
+
+        return OnnxRunner(artifact_dir, seq_len=seq_len, beam=beam, threads=threads)
+    from profiler import torch_runners
+
+    return torch_runners.open_runner(fmt, artifact_dir=artifact_dir, seq_len=seq_len, beam=beam,
+                                     threads=threads)
+
+
+class LocalTarget:
+    """Measures in this process, pinned to `cpus` (default: `threads` CPUs chosen by
+    `default_cpus`). Runners stay open across rounds, so interleaved rounds of a few
+    architectures do not pay session start-up again."""
+
+    name = "local"
+
+    def __init__(self, threads: int = 1, cpus: Iterable[int] | None = None, max_open: int = 8,
+                 clock: Callable[[], int] = time.perf_counter_ns):
+        self.threads = threads
+        self.cpus = pin_process(set(cpus) if cpus else default_cpus(threads))
+        self.max_open = max_open
+        self._clock = clock
+        self._runners: OrderedDict[tuple, Runner] = OrderedDict()
+
+    def info(self) -> dict[str, Any]:
+        return collect_environment(self.threads, self.cpus, {})
+
+    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int,
+                      warmup: int, runs: int) -> RoundPair:
+        runner = self._runner(Path(artifact_dir), fmt, seq_len, beam)
+        before = snapshot(self.cpus)
+        encoder = time_round(runner.run_encoder, warmup, runs, self._clock)
+        decoder = time_round(runner.run_decoder, warmup, runs, self._clock)
+        return RoundPair(encoder, decoder, before, snapshot(self.cpus))
+
+    def _runner(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int) -> Runner:
+        key = (str(artifact_dir.resolve()), fmt, seq_len, beam)
+        runner = self._runners.pop(key, None)
+        if runner is None:
+            runner = open_runner(artifact_dir, fmt, seq_len, beam, self.threads)
+        self._runners[key] = runner
+        while len(self._runners) > self.max_open:
+            self._runners.popitem(last=False)[1].close()
+        return runner
+
+    def close(self) -> None:
+        while self._runners:
+            self._runners.popitem()[1].close()
+

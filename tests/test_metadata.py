@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from profiler.errors import ProtocolError
+from profiler.metadata import (collect_environment, current_affinity, default_cpus, format_cpus, parse_cpus,
+                               pin_process, snapshot)
+
+REPO = Path(__file__).resolve().parents[1]
+linux_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not Path("/proc/self/task").exists(),
+                                    reason="needs Linux CPU affinity")
+
+
+@pytest.fixture
+def restore_affinity():
+    original = os.sched_getaffinity(0)
+    yield original
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), original)
+        except OSError:
+            pass
+
+
+@linux_affinity
+def test_pin_process_pins_every_thread_and_is_restorable(restore_affinity):
+    original = restore_affinity
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        target = {max(original)}
+        previous = current_affinity()
+        assert previous == original
+        assert pin_process(target) == target
+        assert os.sched_getaffinity(0) == target
+        assert current_affinity() == target
+        assert os.sched_getaffinity(worker.native_id) == target  # not just the calling thread
+        pin_process(previous)
+        assert os.sched_getaffinity(0) == original
+        assert os.sched_getaffinity(worker.native_id) == original
+    finally:
+        release.set()
+        worker.join()
+
+
+@linux_affinity
+def test_threads_started_after_pinning_inherit_it(restore_affinity):
+    target = {min(restore_affinity)}
+    pin_process(target)
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+    worker.start()
+    worker.join()
+    assert seen == [target]
+
+
+@linux_affinity
+def test_pinning_to_an_unavailable_cpu_fails_cleanly(restore_affinity):
+    with pytest.raises(ProtocolError, match="4095"):
+        pin_process({4095})
+    assert os.sched_getaffinity(0) == restore_affinity
+    with pytest.raises(ProtocolError):
+        pin_process(set())
+
+
+def test_default_cpus_prefers_the_highest_numbered():
+    available = sorted(os.sched_getaffinity(0))
+    assert default_cpus(1) == {available[-1]}
+    assert default_cpus(len(available)) == set(available)
+    with pytest.raises(ProtocolError, match="threads"):
+        default_cpus(len(available) + 1)
+    with pytest.raises(ProtocolError, match="threads"):
+        default_cpus(0)
+
+
+@pytest.mark.parametrize("cpus, text", [({1}, "1"), ({0, 1}, "0-1"), ({0, 1, 2, 5, 7, 8}, "0-2,5,7-8"),
+                                        ({3, 9}, "3,9")])
+def test_cpu_list_notation(cpus, text):
+    assert format_cpus(cpus) == text
+    assert parse_cpus(text) == cpus
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "1,,2", "-1", "1-"])
+def test_bad_cpu_lists_are_refused(text):
+    with pytest.raises(ProtocolError):
+        parse_cpus(text)
+
+
+def _cpuinfo_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def test_environment_agrees_with_the_os():
+    cpus = {max(os.sched_getaffinity(0))}
+    env = collect_environment(1, cpus, {"onnxruntime": "1.2.3", "opset": 17})
+    json.dumps(env)  # JSON-able
+    assert env["hostname"] == socket.gethostname()
+    assert env["python"] == platform.python_version()
+    assert env["logical_cores"] == os.cpu_count()
+    assert env["physical_cores"] == psutil.cpu_count(logical=False)
+    assert env["memory_total_bytes"] == psutil.virtual_memory().total
+    assert 0 < env["memory_available_bytes"] <= env["memory_total_bytes"]
+    assert env["affinity"] == format_cpus(os.sched_getaffinity(0))
+    assert env["cpus"] == format_cpus(cpus) and env["threads"] == 1
+    assert env["libraries"]["numpy"] == np.__version__
+    assert env["libraries"]["psutil"] == psutil.__version__
+    assert env["runtime_versions"] == {"onnxruntime": "1.2.3", "opset": "17"}
+    if _cpuinfo_model():
+        assert env["cpu_model"] == _cpuinfo_model()
+    assert len(env["load_avg"]) == 3 and all(v >= 0 for v in env["load_avg"])
+    assert dt.datetime.fromisoformat(env["time"]).tzinfo is not None
+
+
+def test_onnxruntime_version_is_the_installed_one():
+    import onnxruntime
+
+    env = collect_environment(1, {0}, {})
+    assert env["libraries"]["onnxruntime"] == onnxruntime.__version__
+
+
+def test_torch_version_only_when_already_imported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="9.9.9"))
+    assert collect_environment(1, {0}, {})["libraries"]["torch"] == "9.9.9"
+    monkeypatch.delitem(sys.modules, "torch")
+    assert "torch" not in collect_environment(1, {0}, {})["libraries"]
+
+
+def test_collecting_the_environment_never_imports_torch():
+    code = ("import sys, json\nfrom profiler.metadata import collect_environment\n"
+            "env = collect_environment(1, {0}, {})\n"
+            "print(json.dumps(['torch' in sys.modules, 'torch' in env['libraries']]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [False, False]
+
+
+def test_snapshot_fields():
+    snap = snapshot({0})
+    assert set(snap) == {"time", "load_avg", "memory_available_bytes", "cpu_freq_mhz", "temperatures_c"}
+    json.dumps(snap)
+    assert snap["memory_available_bytes"] > 0
+
+
+@pytest.mark.parametrize("threads, cpus", [(0, {0}), (1, set()), (1, {-1})])
+def test_environment_rejects_bad_arguments(threads, cpus):
+    with pytest.raises(ProtocolError):
+        collect_environment(threads, cpus, {})
