@@ -169,8 +169,6 @@ def export_model(model: SubTransformer, fmt: str, out_dir: str | Path, seed: int
                     _export_onnx(wrappers[graph], examples[graph], out / files[graph], io_names[graph])
                 else:
                     _export_torchscript(wrappers[graph], examples[graph], out / files[graph])
-    except ArtifactError:
-        raise
     except Exception as exc:  # the exporters raise many types; the caller needs one
         raise ArtifactError(f"{fmt} export of architecture {arch.arch_id} failed: {exc}") from exc
     finally:

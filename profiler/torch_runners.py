@@ -103,8 +103,8 @@ class EagerRunner(_TorchRunner):
     def __init__(self, model: SubTransformer, seq_len: int = 30, beam: int = 5, threads: int = 1):
         model.eval()
         self.model = model
-        super().__init__(model.encode, model.cross_kv, model.decode_step,
-                         [(layer.self_attn.heads, layer.self_attn.head_dim) for layer in model.decoder_layers],
+        shapes = [(layer.self_attn.heads, layer.self_attn.head_dim) for layer in model.decoder_layers]
+        super().__init__(model.encode, model.cross_kv, model.decode_step, shapes,
                          model.space.src_vocab, model.space.tgt_vocab, model.space.max_positions,
                          seq_len, beam, threads)
 
@@ -119,10 +119,11 @@ class TorchScriptRunner(_TorchRunner):
         self.manifest = m = read_manifest(self.artifact_dir, "torchscript")
         graphs = {}
         for graph, name in m["graphs"].items():
+            path = self.artifact_dir / name
             try:
-                graphs[graph] = torch.jit.load(str(self.artifact_dir / name)).eval()
+                graphs[graph] = torch.jit.load(str(path)).eval()
             except (OSError, RuntimeError) as exc:
-                raise ArtifactError(f"cannot load TorchScript graph {self.artifact_dir / name}: {exc}") from None
+                raise ArtifactError(f"cannot load TorchScript graph {path}: {exc}") from None
         encoder, cross_kv, decoder = graphs["encoder"], graphs["cross_kv"], graphs["decoder_step"]
         layers = len(m["decoder_layers"])
 
