@@ -2,7 +2,7 @@
 
 The key hashes everything an artifact depends on: the architecture, the design space,
 the format, the weights (the initialisation seed, or a digest of a given model's state
-dict) and the toolchain (`profiler.export.versions`). An artifact is exported into a
+dict) and the toolchain (`profiler.workload.versions`). An artifact is exported into a
 temporary directory under the cache root and renamed into place, so a concurrent or
 killed export never leaves a partial artifact under a key (only a `.tmp-*` directory,
 which is never read and may be deleted).
@@ -17,11 +17,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from profiler import export
+from typing import TYPE_CHECKING
+
 from profiler.errors import ArtifactError
-from profiler.model import SubTransformer
 from profiler.space import ArchConfig, DesignSpace
-from profiler.workload import FORMATS, MANIFEST_NAME
+from profiler.workload import FORMATS, MANIFEST_NAME, versions
+
+if TYPE_CHECKING:
+    from profiler.model import SubTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +43,14 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 def artifact_key(arch: ArchConfig, space: DesignSpace, fmt: str, seed: int = 0,
                  model: SubTransformer | None = None) -> str:
     """SHA-256 (hex) naming the artifact of `arch` in `fmt` with the given weights."""
-    weights = f"seed:{seed}" if model is None else f"sha256:{export.weights_digest(model)}"
+    if model is None:
+        weights = f"seed:{seed}"
+    else:
+        from profiler.export import weights_digest
+
+        weights = f"sha256:{weights_digest(model)}"
     payload = {"arch": arch.canonical_json(), "space": space.to_dict(), "format": fmt,
-               "weights": weights, "versions": export.versions()}
+               "weights": weights, "versions": versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -64,6 +72,8 @@ def get_artifact(arch: ArchConfig, space: DesignSpace, fmt: str, cache_dir: str 
             raise ArtifactError(f"cached artifact {final} has no manifest: delete the directory")
         logger.debug("artifact cache hit %s", final)
         return final
+    from profiler import export  # torch is loaded only when something must be exported
+
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))

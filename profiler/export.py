@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,12 @@ from profiler.errors import ArtifactError
 from profiler.model import SubTransformer
 from profiler.space import ArchConfig, DesignSpace
 from profiler.workload import (
-    EXPORT_VERSION, FORMATS, GRAPH_SUFFIX, GRAPHS, MANIFEST_NAME, cache_names,
-    decoder_input_names, decoder_output_names,
+    EAGER_WEIGHTS, FORMATS, GRAPH_SUFFIX, GRAPHS, MANIFEST_NAME, OPSET, cache_names,
+    decoder_input_names, decoder_output_names, versions,
 )
 
 logger = logging.getLogger(__name__)
 
-OPSET = 17
 # Example shapes for tracing, chosen unlike the timed ones (1 or beam rows, cache 0..29)
 # so that a shape wrongly frozen into a graph shows up in the tests.
 _EXAMPLE_SRC_LEN, _EXAMPLE_BEAM, _EXAMPLE_PAST = 7, 2, 3
@@ -67,16 +65,6 @@ class _DecoderStep(nn.Module):
         cross = [(flat[2 * n + 2 * i], flat[2 * n + 2 * i + 1]) for i in range(n)]
         log_probs, new_cache = self.model.decode_step(tokens, step, cache, cross)
         return (log_probs, *(t for kv in new_cache for t in kv))
-
-
-def versions() -> dict[str, Any]:
-    """The toolchain an artifact depends on; part of its manifest and of its cache key."""
-    try:
-        onnx_version = metadata.version("onnx")
-    except metadata.PackageNotFoundError:
-        onnx_version = None
-    return {"torch": torch.__version__, "onnx": onnx_version, "opset": OPSET,
-            "export_version": EXPORT_VERSION}
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -141,6 +129,23 @@ def _export_torchscript(wrapper: nn.Module, example: tuple[Tensor, ...], path: P
     torch.jit.save(traced, str(path))
 
 
+def _export_graphs(model: SubTransformer, fmt: str, out: Path) -> dict[str, str]:
+    """The three graphs of `model` in `out`; returns graph name -> file name."""
+    with torch.no_grad():
+        examples = _examples(model)
+        io_names = _io_names(model)
+        wrappers = {"encoder": _Encoder(model), "cross_kv": _CrossKV(model),
+                    "decoder_step": _DecoderStep(model)}
+        files = {}
+        for graph in GRAPHS:
+            files[graph] = graph + GRAPH_SUFFIX[fmt]
+            if fmt == "onnx":
+                _export_onnx(wrappers[graph], examples[graph], out / files[graph], io_names[graph])
+            else:
+                _export_torchscript(wrappers[graph], examples[graph], out / files[graph])
+    return files
+
+
 def export_model(model: SubTransformer, fmt: str, out_dir: str | Path, seed: int | None = None) -> Path:
     """Write `model` as a `fmt` artifact into `out_dir` (created; must be empty) and return it.
 
@@ -157,18 +162,11 @@ def export_model(model: SubTransformer, fmt: str, out_dir: str | Path, seed: int
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            examples = _examples(model)
-            io_names = _io_names(model)
-            wrappers = {"encoder": _Encoder(model), "cross_kv": _CrossKV(model),
-                        "decoder_step": _DecoderStep(model)}
-            files = {}
-            for graph in GRAPHS:
-                files[graph] = graph + GRAPH_SUFFIX[fmt]
-                if fmt == "onnx":
-                    _export_onnx(wrappers[graph], examples[graph], out / files[graph], io_names[graph])
-                else:
-                    _export_torchscript(wrappers[graph], examples[graph], out / files[graph])
+        if fmt == "eager":
+            files = {"weights": EAGER_WEIGHTS}
+            torch.save(model.state_dict(), out / EAGER_WEIGHTS)
+        else:
+            files = _export_graphs(model, fmt, out)
     except Exception as exc:  # the exporters raise many types; the caller needs one
         raise ArtifactError(f"{fmt} export of architecture {arch.arch_id} failed: {exc}") from exc
     finally:

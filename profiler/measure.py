@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from profiler.artifacts import get_artifact
 from profiler.dataset import DatasetWriter, row_from_measurement
 from profiler.errors import HatprofError
-from profiler.model import SubTransformer
 from profiler.protocol import Measurement, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 from profiler.target import MeasureTarget, RoundPair
+
+if TYPE_CHECKING:
+    from profiler.model import SubTransformer
 
 logger = logging.getLogger(__name__)
 

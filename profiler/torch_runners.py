@@ -16,6 +16,7 @@ from torch import Tensor
 from profiler.errors import ArtifactError
 from profiler.model import SubTransformer
 from profiler.ort_runner import OnnxRunner
+from profiler.space import ArchConfig, DesignSpace
 from profiler.workload import BOS, Runner, backtrack, check_workload, dummy_source, read_manifest
 
 KVList = list[tuple[Tensor, Tensor]]
@@ -140,16 +141,29 @@ class TorchScriptRunner(_TorchRunner):
                          m["src_vocab"], m["tgt_vocab"], m["max_positions"], seq_len, beam, threads)
 
 
+def load_eager_model(artifact_dir: str | Path) -> SubTransformer:
+    """The `SubTransformer` of an eager artifact: rebuilt from its manifest, weights loaded safely."""
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir, "eager")
+    model = SubTransformer(ArchConfig.from_dict(manifest["arch"]), DesignSpace.from_dict(manifest["space"]))
+    try:
+        state = torch.load(artifact_dir / manifest["graphs"]["weights"], weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise ArtifactError(f"cannot load eager weights from {artifact_dir}: {exc}") from None
+    return model.eval()
+
+
 def open_runner(fmt: str, artifact_dir: str | Path | None = None, model: SubTransformer | None = None,
                 seq_len: int = 30, beam: int = 5, threads: int = 1) -> Runner:
-    """The runner for `fmt`: "onnx" and "torchscript" need `artifact_dir`, "eager" a `model`."""
-    if fmt == "eager":
-        if model is None:
-            raise ArtifactError("the eager runner needs a model")
+    """The runner for `fmt` over `artifact_dir`; "eager" also takes a `model` directly."""
+    if fmt == "eager" and model is not None:
         return EagerRunner(model, seq_len, beam, threads)
+    if artifact_dir is None:
+        raise ArtifactError(f"the {fmt} runner needs an artifact directory")
+    if fmt == "eager":
+        return EagerRunner(load_eager_model(artifact_dir), seq_len, beam, threads)
     runners = {"onnx": OnnxRunner, "torchscript": TorchScriptRunner}
     if fmt not in runners:
         raise ArtifactError(f"unknown runner format {fmt!r} (known: onnx, torchscript, eager)")
-    if artifact_dir is None:
-        raise ArtifactError(f"the {fmt} runner needs an artifact directory")
     return runners[fmt](artifact_dir, seq_len, beam, threads)

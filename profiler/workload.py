@@ -12,6 +12,7 @@ An artifact directory holds three graphs and a `manifest.json`:
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,13 +22,32 @@ from profiler.errors import ArtifactError, RunnerError
 
 #: Bumped whenever the graphs' interface or the manifest changes; part of the cache key.
 EXPORT_VERSION = 1
-FORMATS = ("onnx", "torchscript")
+#: eager: the model's weights only; the runner rebuilds the `SubTransformer` (the reference).
+FORMATS = ("onnx", "torchscript", "eager")
+OPSET = 17
 MANIFEST_NAME = "manifest.json"
 GRAPHS = ("encoder", "cross_kv", "decoder_step")
 GRAPH_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+EAGER_WEIGHTS = "weights.pt"
 #: Token ids 0-3 are PAD, BOS, EOS, UNK; the dummy sentence avoids them.
 FIRST_WORD_ID = 4
 BOS = 1
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, Any]:
+    """The toolchain an artifact depends on; part of its manifest and of its cache key.
+
+    Read from package metadata, so computing a cache key does not import torch.
+    """
+    return {"torch": _distribution_version("torch"), "onnx": _distribution_version("onnx"),
+            "opset": OPSET, "export_version": EXPORT_VERSION}
 
 
 def cache_names(layers: int, prefix: str = "cache") -> list[str]:

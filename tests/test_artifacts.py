@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from profiler import artifacts, export
+from profiler import artifacts, export, workload
 from profiler.errors import ArtifactError
 from profiler.model import SubTransformer
 from profiler.space import load_space
@@ -60,7 +60,7 @@ def test_key_depends_on_format_arch_seed_and_weights():
 
 def test_key_depends_on_toolchain(monkeypatch):
     before = artifacts.artifact_key(SMALL, SPACE, "onnx")
-    monkeypatch.setattr(export, "OPSET", 18)
+    monkeypatch.setattr(workload, "OPSET", 18)
     assert artifacts.artifact_key(SMALL, SPACE, "onnx") != before
 
 

@@ -152,3 +152,21 @@ def test_ort_runner_imports_no_torch_pandas_or_sklearn():
             "print(sorted({'torch', 'pandas', 'sklearn'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_eager_artifact_rebuilds_the_same_model(tmp_path):
+    from profiler.artifacts import get_artifact
+    from profiler.model import SubTransformer
+    from profiler.space import load_space
+    from profiler.torch_runners import EagerRunner, open_runner
+
+    space = load_space("compact")
+    arch = space.sample_many(1, seed=4)[0]
+    model = SubTransformer(arch, space, seed=9)
+    artifact = get_artifact(arch, space, "eager", cache_dir=tmp_path, model=model)
+    from_artifact = open_runner("eager", artifact_dir=artifact, seq_len=6, beam=2)
+    direct = EagerRunner(model, seq_len=6, beam=2)
+    tokens_a, log_probs_a = from_artifact.greedy_decode(6)
+    tokens_b, log_probs_b = direct.greedy_decode(6)
+    assert (tokens_a == tokens_b).all()
+    assert abs(log_probs_a - log_probs_b).max() == 0.0
