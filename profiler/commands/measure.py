@@ -1,6 +1,7 @@
 """`hatprof measure`: time sampled SubTransformers on one device into a latency dataset."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,15 +18,34 @@ from profiler.target import LocalTarget, MeasureTarget
 RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "eager": "pytorch"}
 
 
-def open_device(name: str, threads: int, cpus: set[int] | None, inventory: str | None) -> MeasureTarget:
-    """`local`, or a device named in the inventory (its agents measure)."""
+def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None,
+                inventory: str | None) -> tuple[MeasureTarget, TimingProtocol]:
+    """`local`, or a device named in the inventory, and the protocol it times with.
+
+    A device of the inventory times with the inventory's `threads` (as `hatprof collect`
+    does), so one device's files never disagree on it.
+    """
     if name == "local":
-        return LocalTarget(threads=threads, cpus=cpus)
+        return LocalTarget(threads=protocol.threads, cpus=cpus), protocol
+    ctx = click.get_current_context()
+    for option in ("threads", "cpus"):
+        if ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter(f"device {name!r} sets its own {option} in the inventory",
+                                     param_hint=f"--{option}")
     try:
         from device_agents.inventory import load_inventory
     except ModuleNotFoundError:
         raise HatprofError(f"unknown device {name!r} (known: local)") from None
-    return load_inventory(inventory).open_target(name)
+    devices = load_inventory(inventory)
+    threads = devices.get(name).threads
+    return devices.open_target(name, threads), dataclasses.replace(protocol, threads=threads)
+
+
+def dataset_host(device: str, target: MeasureTarget, info: dict) -> str:
+    """The `host` setting: the device name for a pool of agents (any may answer), else its host."""
+    if len(getattr(target, "targets", ())) > 1:
+        return device
+    return str(info.get("hostname") or device)
 
 
 def read_arch_lines(path: Path, space: DesignSpace) -> list[ArchConfig]:
@@ -59,7 +79,7 @@ def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget,
                 resume: bool, device: str) -> list[ArchResult]:
     """Measure `archs` into `out` with a progress bar; the shared body of measure and demo."""
     info = target.info()
-    settings = make_settings(job.space, job.protocol, device=device, host=info.get("hostname", ""),
+    settings = make_settings(job.space, job.protocol, device=device, host=dataset_host(device, target, info),
                              runtime=RUNTIMES[job.fmt], fmt=job.fmt)
     with DatasetWriter(out, settings, resume=resume) as writer:
         todo = [a for a in archs if a.arch_id not in writer.done_ids]
@@ -112,9 +132,9 @@ def measure(device: str, inventory: str | None, space: DesignSpace, samples: int
         raise click.BadParameter("give --samples or --archs, not both")
     archs = (read_arch_lines(archs_file, space) if archs_file is not None
              else space.sample_many(samples or 10, seed))
+    target, protocol = open_device(device, protocol, cpus, inventory)
     job = MeasureJob(space=space, protocol=protocol, fmt=fmt, cache_dir=cache_dir,
                      interleave=interleave, retry_unstable=retry_unstable)
-    target = open_device(device, protocol.threads, cpus, inventory)
     try:
         results = run_measure(archs, job, target, out, resume, device)
     finally:

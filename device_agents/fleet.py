@@ -1,0 +1,351 @@
+"""Collect latency datasets on many devices at once: the same architectures on every device.
+
+One CSV per device (`DIR/<device>.csv` with its `.raw.jsonl`), written through
+`profiler.measure.measure_archs`, the code path of `hatprof measure`. Devices run in
+parallel; the agents of one device share its work through a queue, a group of
+`interleave` architectures at a time. One thread exports artifacts ahead of the
+measuring threads (exports are CPU-heavy and torch's exporter is not meant to run
+in several threads at once).
+
+Resumable: every file is opened with resume, so a rerun skips the rows present; rows
+are written durably one at a time by `DatasetWriter`, so killing the coordinator
+loses only groups in flight. An agent that stops answering (after the client's
+retries) leaves the run; the architectures of its unfinished group go back to the
+queue for the device's other agents, and are never written twice because only the
+thread that measured an architecture writes it. What no agent could measure is
+reported per architecture with an error code, to be measured by the next rerun.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from device_agents.client import AgentUnavailable
+from device_agents.inventory import Inventory
+from profiler.artifacts import get_artifact
+from profiler.dataset import DatasetWriter, make_settings
+from profiler.errors import DeviceError, HatprofError
+from profiler.measure import ArchResult, MeasureJob, measure_archs
+from profiler.protocol import TimingProtocol
+from profiler.space import ArchConfig
+from profiler.target import MeasureTarget
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript"}
+
+
+@dataclass
+class FleetDevice:
+    """A device to collect on: its name, one target per agent, and its protocol (its threads)."""
+
+    name: str
+    targets: list[MeasureTarget]
+    protocol: TimingProtocol
+
+
+@dataclass
+class DeviceProgress:
+    """Where one device stands; the CLI prints a line from it."""
+
+    device: str
+    total: int
+    done: int
+    failed: int
+    agents: int
+    agents_live: int
+
+    def line(self) -> str:
+        return (f"{self.device}: {self.done}/{self.total} rows, {self.failed} failed, "
+                f"{self.agents_live}/{self.agents} agents")
+
+
+@dataclass
+class DeviceReport:
+    """The outcome on one device."""
+
+    device: str
+    path: Path
+    total: int
+    already: int = 0
+    measured: int = 0
+    failed: list[ArchResult] = field(default_factory=list)
+    lost_agents: list[str] = field(default_factory=list)
+
+
+def fleet_from_inventory(inventory: Inventory, names: Iterable[str], protocol: TimingProtocol) -> list[FleetDevice]:
+    """The named devices with their agents; each device times with its inventory `threads`."""
+    devices = []
+    for name in names:
+        spec = inventory.get(name)
+        devices.append(FleetDevice(name, list(spec.targets()), replace(protocol, threads=spec.threads)))
+    return devices
+
+
+def device_host(device: FleetDevice) -> str:
+    """The dataset's `host` setting: the agent's host name, or the device name for several agents.
+
+    Several agents of one device are several machines of one kind, and their rows share a
+    file; the device name keeps the setting stable whichever agents answer on a rerun.
+    """
+    if len(device.targets) > 1:
+        return device.name
+    return str(device.targets[0].info().get("hostname") or device.name)
+
+
+class _WorkQueue:
+    """Architectures ready to measure on one device, shared by its agents."""
+
+    def __init__(self) -> None:
+        self._pending: deque[ArchConfig] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._in_flight = 0
+
+    def put(self, arch: ArchConfig) -> None:
+        with self._cond:
+            self._pending.append(arch)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """No more architectures will be put (requeued ones still may be)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def take(self, n: int) -> list[ArchConfig]:
+        """Up to `n` architectures; empty once closed, drained and nothing is in flight."""
+        with self._cond:
+            while not self._pending and not (self._closed and self._in_flight == 0):
+                self._cond.wait()
+            chunk = [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
+            self._in_flight += len(chunk)
+            return chunk
+
+    def finish(self, chunk: Sequence[ArchConfig], requeue: Sequence[ArchConfig] = ()) -> None:
+        with self._cond:
+            self._pending.extendleft(reversed(list(requeue)))
+            self._in_flight -= len(chunk)
+            self._cond.notify_all()
+
+
+class _LockedWriter:
+    """A `DatasetWriter` shared by the agent threads of one device."""
+
+    def __init__(self, writer: DatasetWriter) -> None:
+        self._writer = writer
+        self._lock = threading.Lock()
+        self.settings = writer.settings
+
+    @property
+    def done_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._writer.done_ids)
+
+    def write(self, row: dict[str, Any], raw: dict[str, Any]) -> None:
+        with self._lock:
+            self._writer.write(row, raw)
+
+
+class _TrackedTarget:
+    """A target that remembers losing its agent, and then fails fast instead of retrying again."""
+
+    def __init__(self, target: MeasureTarget) -> None:
+        self.target = target
+        self.name = target.name
+        self.threads = target.threads
+        self.lost: AgentUnavailable | None = None
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        if self.lost is not None:
+            raise self.lost
+        try:
+            return fn()
+        except AgentUnavailable as exc:
+            self.lost = exc
+            raise
+
+    def info(self) -> dict[str, Any]:
+        return self._call(self.target.info)
+
+    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int, warmup: int, runs: int):
+        return self._call(lambda: self.target.measure_round(artifact_dir, fmt, seq_len, beam, warmup, runs))
+
+    def close(self) -> None:
+        self.target.close()
+
+
+class _DeviceRun:
+    """The collection on one device: its file, its queue, its agents' threads."""
+
+    def __init__(self, device: FleetDevice, job: MeasureJob, path: Path, archs: Sequence[ArchConfig],
+                 on_progress: Callable[[DeviceProgress], None] | None) -> None:
+        self.device, self.job, self.path = device, job, path
+        self.archs = archs
+        self.queue = _WorkQueue()
+        self.report = DeviceReport(device.name, path, len(archs))
+        self.writer: _LockedWriter | None = None
+        self._raw_writer: DatasetWriter | None = None
+        self._lock = threading.Lock()
+        self._live = len(device.targets)
+        self._on_progress = on_progress
+
+    def open(self) -> set[str]:
+        """Open (resume) the device's file; the arch ids already in it."""
+        settings = make_settings(self.job.space, self.job.protocol, device=self.device.name,
+                                 host=device_host(self.device), runtime=RUNTIMES[self.job.fmt], fmt=self.job.fmt)
+        self._raw_writer = DatasetWriter(self.path, settings, resume=True)
+        self.writer = _LockedWriter(self._raw_writer)
+        wanted = {a.arch_id for a in self.archs}
+        self.report.already = len(wanted & self._raw_writer.done_ids)
+        return set(self._raw_writer.done_ids)
+
+    def progress(self) -> None:
+        if self._on_progress is None:
+            return
+        with self._lock:
+            state = DeviceProgress(self.device.name, self.report.total,
+                                   self.report.already + self.report.measured, len(self.report.failed),
+                                   len(self.device.targets), self._live)
+        self._on_progress(state)
+
+    def _record(self, results: Iterable[ArchResult]) -> None:
+        with self._lock:
+            for result in results:
+                if result.ok:
+                    self.report.measured += 1
+                else:
+                    self.report.failed.append(result)
+        self.progress()
+
+    def agent_loop(self, target: MeasureTarget) -> None:
+        """Measure groups from the queue on one agent until the queue ends or the agent is lost."""
+        tracked = _TrackedTarget(target)
+        try:
+            while tracked.lost is None:
+                chunk = self.queue.take(self.job.interleave)
+                if not chunk:
+                    return
+                failures: list[ArchResult] = []
+                requeue: list[ArchConfig] = []
+                try:
+                    measure_archs(chunk, self.job, tracked, self.writer,
+                                  on_result=lambda r: self._record([r]) if r.ok else failures.append(r))
+                except AgentUnavailable:
+                    pass  # info() failed: the whole group goes back to the queue below
+                except HatprofError as exc:  # e.g. the dataset file refused a row
+                    logger.error("%s: %s", self.device.name, exc)
+                    failures.extend(ArchResult(a, error="write_failed", message=str(exc)) for a in chunk
+                                    if a.arch_id not in self.writer.done_ids
+                                    and a.arch_id not in {f.arch.arch_id for f in failures})
+                finally:
+                    if tracked.lost is not None:
+                        done = self.writer.done_ids
+                        requeue = [a for a in chunk if a.arch_id not in done]
+                        failures = [f for f in failures if f.arch.arch_id not in {a.arch_id for a in requeue}]
+                    self.queue.finish(chunk, requeue)
+                self._record(failures)
+        finally:
+            if tracked.lost is not None:
+                logger.warning("%s: lost agent %s: %s", self.device.name, target, tracked.lost)
+                with self._lock:
+                    self._live -= 1
+                    self.report.lost_agents.append(str(getattr(target, "url", target)))
+                self.progress()
+
+    def reconcile(self, export_failed: dict[str, str]) -> None:
+        """Report every architecture that neither has a row nor a result (its agents were lost)."""
+        if self.writer is None:
+            return
+        done = self.writer.done_ids
+        reported = {r.arch.arch_id for r in self.report.failed}
+        for arch in self.archs:
+            if arch.arch_id in done or arch.arch_id in reported:
+                continue
+            if arch.arch_id in export_failed:
+                result = ArchResult(arch, error="export_failed", message=export_failed[arch.arch_id])
+            else:
+                result = ArchResult(arch, error="unavailable", message=f"no agent of device "
+                                    f"{self.device.name!r} was left to measure it; rerun to resume")
+            self.report.failed.append(result)
+
+    def close(self) -> None:
+        if self._raw_writer is not None:
+            self._raw_writer.close()
+
+
+def _export_ahead(archs: Sequence[ArchConfig], job: MeasureJob, runs: list[_DeviceRun],
+                  done: dict[str, set[str]], export_failed: dict[str, str]) -> None:
+    """Export each architecture once, then hand it to every device that still needs it."""
+    try:
+        for arch in archs:
+            needy = [run for run in runs if arch.arch_id not in done[run.device.name]]
+            if not needy:
+                continue
+            try:
+                get_artifact(arch, job.space, job.fmt, cache_dir=job.cache_dir)
+            except HatprofError as exc:
+                logger.warning("architecture %s: export failed: %s", arch.arch_id, exc)
+                export_failed[arch.arch_id] = str(exc)
+                continue
+            for run in needy:
+                run.queue.put(arch)
+    finally:
+        for run in runs:
+            run.queue.close()
+
+
+def collect(devices: Sequence[FleetDevice], archs: Sequence[ArchConfig], job: MeasureJob, out_dir: Path,
+            on_progress: Callable[[DeviceProgress], None] | None = None) -> dict[str, DeviceReport]:
+    """Measure `archs` on every device into `out_dir/<device>.csv`; a report per device.
+
+    `job.protocol` is replaced by each device's own protocol; failures are per-architecture
+    results in the reports, never an aborted run.
+    """
+    if not devices:
+        raise DeviceError("no devices to collect on")
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise DeviceError(f"a device is named twice: {', '.join(names)}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeviceError(f"cannot create output directory {out_dir}: {exc.strerror}") from None
+    runs: list[_DeviceRun] = []
+    done: dict[str, set[str]] = {}
+    reports: dict[str, DeviceReport] = {}
+    export_failed: dict[str, str] = {}
+    try:
+        for device in devices:
+            run = _DeviceRun(device, replace(job, protocol=device.protocol), out_dir / f"{device.name}.csv",
+                             archs, on_progress)
+            try:
+                done[device.name] = run.open()
+            except AgentUnavailable as exc:
+                logger.warning("%s: %s", device.name, exc)
+                run.report.failed = [ArchResult(a, error="unavailable", message=str(exc)) for a in archs]
+                reports[device.name] = run.report
+                continue
+            runs.append(run)
+            run.progress()
+        threads = [threading.Thread(target=_export_ahead, args=(archs, job, runs, done, export_failed),
+                                    name="hatprof-export", daemon=True)]
+        for run in runs:
+            threads.extend(threading.Thread(target=run.agent_loop, args=(target,), daemon=True,
+                                            name=f"hatprof-{run.device.name}-{i}")
+                           for i, target in enumerate(run.device.targets))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for run in runs:
+            run.reconcile(export_failed)
+            reports[run.device.name] = run.report
+    finally:
+        for run in runs:
+            run.close()
+    return {name: reports[name] for name in names}

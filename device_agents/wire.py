@@ -1,0 +1,163 @@
+"""What the agent and its client agree on: version, error codes, artifact file names, limits.
+
+The protocol itself is documented in `device_agents.agent`. Standard library and
+`profiler.workload` (numpy) only: both sides import this module.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, Mapping
+
+from profiler.errors import DeviceError
+from profiler.workload import GRAPH_SUFFIX, GRAPHS, MANIFEST_NAME
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+PREFIX = f"/v{PROTOCOL_VERSION}"
+#: Environment variable holding the shared token (agent and client), when no file is named.
+TOKEN_ENV = "HATPROF_AGENT_TOKEN"
+DEFAULT_PORT = 8765
+#: A token shorter than this is refused: it could be guessed.
+MIN_TOKEN_CHARS = 16
+
+#: Stable error codes and their HTTP statuses. Clients branch on the code, never on the text.
+ERROR_STATUS: dict[str, int] = {
+    "bad_request": 400,         # malformed HTTP: request line, headers, Content-Length
+    "bad_json": 400,            # body is not one JSON object
+    "unknown_field": 400,       # a field this protocol version does not define
+    "missing_field": 400,
+    "invalid_field": 400,       # wrong type or out of range
+    "bad_hash": 400,            # not 64 lower-case hex digits
+    "bad_filename": 400,        # not an allowed artifact file name
+    "hash_mismatch": 400,       # uploaded bytes do not hash to the named SHA-256
+    "unauthorized": 401,        # missing or wrong token
+    "format_not_allowed": 403,  # TorchScript on an agent started without --allow-torchscript
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "missing_artifact": 409,    # measure names files the agent does not hold: upload, then retry
+    "request_timeout": 408,     # the body did not arrive in time
+    "length_required": 411,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "invalid_artifact": 422,    # upload refused by validation (not ONNX, external data, bad manifest)
+    "measure_failed": 422,      # the runtime could not run the artifact with these settings
+    "internal": 500,
+    "worker_crashed": 500,      # the measuring process died; it is restarted on the next request
+    "busy": 503,                # another measurement holds the device and the queue is full
+    "timeout": 504,             # the measurement exceeded the agent's time limit and was killed
+}
+#: Codes worth retrying unchanged after a pause.
+RETRYABLE = frozenset({"busy", "worker_crashed"})
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+#: Kind of content of each allowed file name: what the agent validates an upload as.
+FILE_KINDS: dict[str, str] = {MANIFEST_NAME: "json"}
+FILE_KINDS.update({graph + GRAPH_SUFFIX["onnx"]: "onnx" for graph in GRAPHS})
+FILE_KINDS.update({graph + GRAPH_SUFFIX["torchscript"]: "torchscript" for graph in GRAPHS})
+
+
+def artifact_files(fmt: str) -> tuple[str, ...]:
+    """The exact file names an artifact of format `fmt` consists of."""
+    return (MANIFEST_NAME, *(graph + GRAPH_SUFFIX[fmt] for graph in GRAPHS))
+
+
+def read_token(token_file: str | Path | None = None, token_env: str = TOKEN_ENV) -> str:
+    """The shared token from `token_file`, else from the environment variable `token_env`."""
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            token = path.read_text().strip()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise DeviceError(f"cannot read token file {path}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logger.warning("token file %s is readable by other users: chmod 600 it", path)
+        source = f"token file {path}"
+    else:
+        token = os.environ.get(token_env, "").strip()
+        source = f"environment variable {token_env}"
+    if not token:
+        raise DeviceError(f"no token: {source} is empty or unset")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise DeviceError(f"the token in {source} is shorter than {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+def is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+class WireError(Exception):
+    """A request refused with one of `ERROR_STATUS`'s codes (raised inside the agent)."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = ERROR_STATUS[code]
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": str(self)}
+        error.update(self.details)
+        return {"error": error}
+
+
+def _int_field(data: Mapping[str, Any], name: str, lowest: int, highest: int, default: int | None) -> int:
+    value = data.get(name, default)
+    if value is None:
+        raise WireError("missing_field", f"field {name!r} is required", field=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+        raise WireError("invalid_field", f"{name} must be an integer in [{lowest}, {highest}]", field=name)
+    return value
+
+
+def check_fields(data: Any, allowed: set[str], what: str, code: str = "bad_json") -> Mapping[str, Any]:
+    """`data` as a JSON object holding only `allowed` keys (else `code`, or unknown_field)."""
+    if not isinstance(data, dict):
+        raise WireError(code, f"{what} must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise WireError("unknown_field", f"unknown field(s) in {what}: {', '.join(unknown)}", fields=unknown)
+    return data
+
+
+#: Upper bounds on a measure request's settings: generous for real use, small enough that a
+#: typo cannot occupy a device for days (the agent's time limit still applies).
+MEASURE_LIMITS = {"warmup": (0, 10_000), "runs": (1, 100_000), "seq_len": (1, 4096),
+                  "beam": (1, 64), "threads": (1, 1024)}
+_MEASURE_FIELDS = {"artifact", "warmup", "runs", "seq_len", "beam", "threads", "trim"}
+_ARTIFACT_FIELDS = {"format", "files"}
+
+
+def parse_measure(data: Any) -> dict[str, Any]:
+    """Validate a measure request body; the settings with defaults filled in."""
+    data = check_fields(data, _MEASURE_FIELDS, "measure request")
+    if "artifact" not in data:
+        raise WireError("missing_field", "field 'artifact' is required", field="artifact")
+    artifact = check_fields(data["artifact"], _ARTIFACT_FIELDS, "artifact", "invalid_field")
+    fmt = artifact.get("format")
+    if fmt not in GRAPH_SUFFIX:
+        raise WireError("invalid_field", f"artifact format must be one of {', '.join(GRAPH_SUFFIX)}",
+                        field="format")
+    files = artifact.get("files")
+    if not isinstance(files, dict):
+        raise WireError("invalid_field", "artifact files must map file names to SHA-256 digests", field="files")
+    expected = set(artifact_files(fmt))
+    if set(files) != expected:
+        raise WireError("bad_filename", f"a {fmt} artifact consists of exactly: {', '.join(sorted(expected))}")
+    if not all(is_sha256(sha) for sha in files.values()):
+        raise WireError("bad_hash", "artifact file digests must be 64 lower-case hex digits")
+    trim = data.get("trim", 0.1)
+    if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 <= trim < 0.5:
+        raise WireError("invalid_field", "trim must be a number in [0, 0.5)", field="trim")
+    settings: dict[str, Any] = {"format": fmt, "files": dict(files), "trim": float(trim)}
+    defaults = {"warmup": 5, "runs": 300, "seq_len": 30, "beam": 5, "threads": 1}
+    for name, (lowest, highest) in MEASURE_LIMITS.items():
+        settings[name] = _int_field(data, name, lowest, highest, defaults[name])
+    return settings

@@ -1,0 +1,174 @@
+"""The agent's measuring process: validation and timing of uploaded artifacts, time-limited.
+
+Everything that touches untrusted model files runs here, in one child process the
+agent starts with `spawn` and talks to over a pipe in JSON (nothing pickled). The
+agent kills it when a call exceeds the time limit, and starts a new one on the next
+call, so a model that hangs or crashes the runtime costs one error response, not
+the agent. Holding the process between calls keeps onnxruntime loaded and lets the
+timing target stay pinned to its CPUs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+from pathlib import Path
+from typing import Any
+
+from device_agents.validate import ValidationError, validate
+from device_agents.wire import WireError
+from profiler.errors import HatprofError
+
+logger = logging.getLogger(__name__)
+
+_KILL_GRACE_S = 5.0
+
+
+class _Worker:
+    """The child's state: one timing target, for the thread count last asked for."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from profiler.metadata import current_affinity
+
+        self.cpus: list[int] | None = config.get("cpus")
+        self.affinity = current_affinity()
+        self.threads = 0
+        self.current: Any = None
+
+    def target(self, threads: int) -> Any:
+        """A `LocalTarget` with `threads` threads, pinned to the agent's CPUs (highest first)."""
+        from profiler.errors import ProtocolError
+        from profiler.metadata import pin_process
+        from profiler.target import LocalTarget
+
+        if self.current is not None and self.threads == threads:
+            return self.current
+        self.close()
+        pin_process(self.affinity)  # a target for another thread count chooses its CPUs afresh
+        cpus = None
+        if self.cpus:
+            if threads > len(self.cpus):
+                raise ProtocolError(f"threads={threads} but this agent measures on {len(self.cpus)} CPU(s)")
+            cpus = sorted(self.cpus)[-threads:]
+        self.current, self.threads = LocalTarget(threads=threads, cpus=cpus), threads
+        return self.current
+
+    def handle(self, request: dict[str, Any]) -> Any:
+        op = request["op"]
+        if op == "validate":
+            validate(Path(request["path"]), request["kind"])
+            return None
+        if op == "info":
+            return self.target(request["threads"]).info()
+        if op == "measure":
+            return self.measure(request)
+        raise ValueError(f"unknown worker operation {op!r}")
+
+    def measure(self, request: dict[str, Any]) -> dict[str, Any]:
+        from profiler.protocol import Measurement
+
+        target = self.target(request["threads"])
+        pair = target.measure_round(Path(request["dir"]), request["format"], request["seq_len"],
+                                    request["beam"], request["warmup"], request["runs"])
+        statistics = {part: Measurement.from_rounds([getattr(pair, part)], request["trim"]).summary()
+                      for part in ("encoder", "decoder")}
+        return {"result": pair.to_dict(), "statistics": statistics}
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+
+def _reply(request: dict[str, Any], worker: _Worker) -> dict[str, Any]:
+    try:
+        return {"ok": True, "value": worker.handle(request)}
+    except ValidationError as exc:
+        return {"ok": False, "code": "invalid_artifact", "message": str(exc)}
+    except HatprofError as exc:
+        return {"ok": False, "code": "measure_failed", "message": str(exc)}
+    except Exception as exc:  # a parser or runtime failing on untrusted input must not end the worker
+        logger.exception("worker operation %s failed", request.get("op"))
+        code = "invalid_artifact" if request.get("op") == "validate" else "measure_failed"
+        return {"ok": False, "code": code, "message": f"{type(exc).__name__}: {exc}"}
+
+
+def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, Any]) -> None:
+    """The child's loop: one JSON request in, one JSON reply out, until the pipe closes."""
+    logging.basicConfig(level=config.get("log_level", logging.WARNING),
+                        format="%(levelname)s worker %(name)s: %(message)s")
+    worker = _Worker(config)
+    try:
+        while True:
+            try:
+                request = json.loads(conn.recv_bytes())
+            except EOFError:
+                break
+            conn.send_bytes(json.dumps(_reply(request, worker)).encode())
+    finally:
+        worker.close()
+
+
+class WorkerHandle:
+    """The agent's end: starts the child on demand, enforces the time limit, reports crashes.
+
+    Not thread-safe: the agent calls it with its device lock held.
+    """
+
+    def __init__(self, config: dict[str, Any], redact: str = "") -> None:
+        self.config = config
+        self._redact = redact
+        self._ctx = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._conn: multiprocessing.connection.Connection | None = None
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._process = self._ctx.Process(target=worker_main, args=(child, self.config),
+                                          name="hatprof-agent-worker", daemon=True)
+        self._process.start()
+        child.close()
+        self._conn = parent
+        logger.info("started worker process %d", self._process.pid)
+
+    def call(self, request: dict[str, Any], time_limit_s: float) -> Any:
+        """Send one request; its value, or `WireError` with the worker's error code."""
+        if self._process is None or not self._process.is_alive():
+            self.stop()
+            self._start()
+        assert self._conn is not None
+        try:
+            self._conn.send_bytes(json.dumps(request).encode())
+            if not self._conn.poll(time_limit_s):
+                self.stop(graceful=False)
+                raise WireError("timeout", f"the {request['op']} call exceeded the agent's time limit of "
+                                f"{time_limit_s:g} s and was stopped")
+            reply = json.loads(self._conn.recv_bytes())
+        except (EOFError, OSError):
+            process = self._process
+            self.stop(graceful=False)
+            code = process.exitcode if process is not None else None
+            raise WireError("worker_crashed", f"the measuring process died (exit code {code}) during "
+                            f"{request['op']}; it is restarted on the next request") from None
+        if reply["ok"]:
+            return reply["value"]
+        message = reply["message"].replace(self._redact, "<cache>") if self._redact else reply["message"]
+        raise WireError(reply["code"], message)
+
+    def stop(self, graceful: bool = True) -> None:
+        """End the child: close its pipe (it exits when idle), else terminate, else kill."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if graceful:
+            process.join(_KILL_GRACE_S)
+        if process.is_alive():
+            process.terminate()
+            process.join(_KILL_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
