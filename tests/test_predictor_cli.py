@@ -1,0 +1,125 @@
+"""`hatprof predictor ...` through click's test runner: outputs, files, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from profiler.dataset import HAT_COLUMNS
+from profiler.errors import HatprofError, PredictorError, SpaceError
+from profiler.space import load_space
+from predictor.cli import predictor
+from predictor.synthetic import synthetic_frame
+
+EVAL_KEYS = {"n", "rmse_ms", "mape", "rmspe", "within_5", "within_10", "kendall_tau", "spearman_rho"}
+
+
+def invoke(*args: str):
+    """Run the group; a HatprofError propagates, as the main CLI expects."""
+    result = CliRunner().invoke(predictor, [str(a) for a in args], catch_exceptions=True)
+    if isinstance(result.exception, HatprofError):
+        raise result.exception
+    return result
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    paths = {"desk": root / "desk.csv", "pi": root / "pi.csv", "pi_few": root / "pi_few.csv",
+             "hat": root / "hat.csv", "model": root / "desk.predictor", "root": root}
+    synthetic_frame(120, seed=0).to_csv(paths["desk"], index=False)
+    pi = synthetic_frame(80, seed=1, device="synthetic-pi")
+    pi.to_csv(paths["pi"], index=False)
+    pi.head(15).to_csv(paths["pi_few"], index=False)
+    synthetic_frame(60, seed=2, hat_only=True).to_csv(paths["hat"], index=False)
+    result = invoke("train", "--data", paths["desk"], "--out", paths["model"])
+    assert result.exit_code == 0, result.output
+    assert "held-out: n=12" in result.output
+    return paths
+
+
+def test_eval_writes_json_with_the_metrics(files):
+    out = files["root"] / "eval.json"
+    result = invoke("eval", "--predictor", files["model"], "--data", files["desk"], "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert EVAL_KEYS <= set(report) and report["n"] == 120
+    assert report["within_10"] > 0.9 and report["device"] == "synthetic-desktop"
+
+
+def test_predict_an_arch_file_and_a_csv(files):
+    archs = load_space("compact").sample_many(3, seed=4)
+    arch_file = files["root"] / "archs.json"
+    arch_file.write_text(json.dumps([a.to_dict() for a in archs]))
+    result = invoke("predict", "--predictor", files["model"], "--arch", arch_file)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "arch_id,predicted_ms" and len(lines) == 4
+    assert lines[1].startswith(archs[0].arch_id)
+    out = files["root"] / "pred.csv"
+    result = invoke("predict", "--predictor", files["model"], "--data", files["pi"], "--out", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["arch_id", "predicted_ms", "predicted_encoder_ms", "predicted_decoder_ms"]
+
+
+def test_predict_needs_exactly_one_input(files):
+    result = invoke("predict", "--predictor", files["model"])
+    assert result.exit_code == 2 and "exactly one of --arch and --data" in result.output
+    bad = files["root"] / "bad.json"
+    bad.write_text("{not json")
+    result = invoke("predict", "--predictor", files["model"], "--arch", bad)
+    assert result.exit_code == 2 and "not valid JSON" in result.output
+
+
+def test_arch_outside_the_space_is_a_domain_error(files):
+    arch_file = files["root"] / "wide.json"
+    arch_file.write_text(json.dumps(load_space("wmt14.en-de").sample_many(1, seed=0)[0].to_dict()))
+    with pytest.raises(SpaceError, match="at most 4 and 4"):
+        invoke("predict", "--predictor", files["model"], "--arch", arch_file)
+
+
+def test_compare_prints_a_table_and_draws_a_plot(files):
+    plot = files["root"] / "compare.png"
+    result = invoke("compare", "--data", files["hat"], "--models", "ridge,gbt", "--plot", plot)
+    assert result.exit_code == 0, result.output
+    header = result.output.splitlines()[0].split()
+    assert {"features", "mape", "within_10", "kendall_tau"} <= set(header)
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    result = invoke("compare", "--data", files["hat"], "--models", "ridge,xgb")
+    assert result.exit_code == 2 and "unknown model(s) xgb" in result.output
+
+
+def test_adapt_then_eval(files):
+    out = files["root"] / "pi.predictor"
+    result = invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "from 15 rows" in result.output
+    result = invoke("eval", "--predictor", out, "--data", files["pi"])
+    assert result.exit_code == 0 and "n=80" in result.output
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "is empty"),
+    (",".join(HAT_COLUMNS) + "\n", "data has no rows"),
+    ("latency_ms,arch\n1.0,{}\n", "missing column"),
+])
+def test_bad_csvs_are_domain_errors(files, content, message):
+    path = files["root"] / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(HatprofError, match=message):
+        invoke("train", "--data", path, "--out", files["root"] / "x.predictor")
+
+
+def test_nan_latency_and_foreign_predictor_files(files):
+    df = pd.read_csv(files["desk"])
+    df.loc[3, "latency_ms"] = float("nan")
+    nan_csv = files["root"] / "nan.csv"
+    df.to_csv(nan_csv, index=False)
+    with pytest.raises(PredictorError, match=r"latency_ms is missing.*first: row 3"):
+        invoke("eval", "--predictor", files["model"], "--data", nan_csv)
+    with pytest.raises(PredictorError, match="looks like a CSV"):
+        invoke("eval", "--predictor", files["desk"], "--data", files["desk"])
