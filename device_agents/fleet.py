@@ -29,14 +29,12 @@ from device_agents.inventory import Inventory
 from profiler.artifacts import get_artifact
 from profiler.dataset import DatasetWriter, make_settings
 from profiler.errors import DeviceError, HatprofError
-from profiler.measure import ArchResult, MeasureJob, measure_archs
+from profiler.measure import RUNTIMES, ArchResult, MeasureJob, measure_archs
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig
 from profiler.target import MeasureTarget
 
 logger = logging.getLogger(__name__)
-
-RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript"}
 
 
 @dataclass

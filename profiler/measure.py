@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from profiler.artifacts import get_artifact
-from profiler.dataset import DatasetWriter, row_from_measurement
+from profiler.dataset import DatasetWriter, make_settings, row_from_measurement
 from profiler.errors import HatprofError
 from profiler.protocol import Measurement, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
@@ -136,3 +136,22 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                 report(ArchResult(arch, row=row, attempts=attempts[arch.arch_id]))
             group, artifacts = retry, retry_artifacts
     return results
+
+
+RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "eager": "pytorch"}
+
+
+def dataset_host(device: str, target: MeasureTarget, info: dict[str, Any]) -> str:
+    """The `host` setting: the device name for a pool of agents (any may answer), else its host."""
+    if len(getattr(target, "targets", ())) > 1:
+        return device
+    return str(info.get("hostname") or device)
+
+
+def open_dataset(path: Path, job: MeasureJob, target: MeasureTarget, device: str,
+                 resume: bool) -> DatasetWriter:
+    """The dataset file for measurements of `job` on `target`, named `device` in its rows."""
+    settings = make_settings(job.space, job.protocol, device=device,
+                             host=dataset_host(device, target, target.info()),
+                             runtime=RUNTIMES[job.fmt], fmt=job.fmt)
+    return DatasetWriter(path, settings, resume=resume)

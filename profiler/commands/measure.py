@@ -7,15 +7,12 @@ from pathlib import Path
 
 import click
 
-from profiler.dataset import DatasetWriter, make_settings
 from profiler.errors import HatprofError
-from profiler.measure import ArchResult, MeasureJob, measure_archs
+from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
 from profiler.options import cpus_option, format_option, protocol_options, seed_option, space_option
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 from profiler.target import LocalTarget, MeasureTarget
-
-RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "eager": "pytorch"}
 
 
 def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None,
@@ -41,31 +38,6 @@ def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None,
     return devices.open_target(name, threads), dataclasses.replace(protocol, threads=threads)
 
 
-def dataset_host(device: str, target: MeasureTarget, info: dict) -> str:
-    """The `host` setting: the device name for a pool of agents (any may answer), else its host."""
-    if len(getattr(target, "targets", ())) > 1:
-        return device
-    return str(info.get("hostname") or device)
-
-
-def read_arch_lines(path: Path, space: DesignSpace) -> list[ArchConfig]:
-    """Architectures from a file of JSON lines (as `hatprof space sample` writes), validated."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise HatprofError(f"cannot read {path}: {exc.strerror}") from None
-    archs = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                archs.append(ArchConfig.from_json(line).validate(space))
-            except HatprofError as exc:
-                raise HatprofError(f"{path}:{number}: {exc}") from None
-    if not archs:
-        raise HatprofError(f"{path} holds no architectures")
-    return archs
-
-
 def _result_line(result: ArchResult) -> str:
     if not result.ok:
         return f"{result.arch.arch_id}  FAILED ({result.error}): {result.message}"
@@ -77,20 +49,14 @@ def _result_line(result: ArchResult) -> str:
 
 def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget, out: Path,
                 resume: bool, device: str) -> list[ArchResult]:
-    """Measure `archs` into `out` with a progress bar; the shared body of measure and demo."""
-    info = target.info()
-    settings = make_settings(job.space, job.protocol, device=device, host=dataset_host(device, target, info),
-                             runtime=RUNTIMES[job.fmt], fmt=job.fmt)
-    with DatasetWriter(out, settings, resume=resume) as writer:
+    """Measure `archs` into `out` with a progress bar; the shared body of measure, demo and search."""
+    with open_dataset(out, job, target, device, resume) as writer:
         todo = [a for a in archs if a.arch_id not in writer.done_ids]
         if len(todo) < len(archs):
             click.echo(f"resuming: {len(archs) - len(todo)} of {len(archs)} already in {out}", err=True)
         with click.progressbar(length=len(todo), label=f"measuring on {device}", file=sys.stderr,
                                show_eta=True, show_pos=True) as bar:
-            def advance(result: ArchResult) -> None:
-                bar.update(1)
-
-            return measure_archs(todo, job, target, writer, on_result=advance)
+            return measure_archs(todo, job, target, writer, on_result=lambda result: bar.update(1))
 
 
 @click.command()
