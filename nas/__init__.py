@@ -1,0 +1,1 @@
+"""hatprof nas: the bundled task, a weight-sharing SuperTransformer, its training, and search."""

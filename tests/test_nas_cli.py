@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nas.cli import search, supernet
+from profiler.cost import count_macs
+from profiler.errors import SearchError
+from profiler.space import DesignSpace
+
+SPACE = DesignSpace(name="clitiny", encoder_embed_dim=(32, 16), decoder_embed_dim=(32, 16),
+                    encoder_layer_num=(2,), decoder_layer_num=(1, 2), encoder_ffn_embed_dim=(64, 32),
+                    decoder_ffn_embed_dim=(64, 32), encoder_self_attention_heads=(2, 1),
+                    decoder_self_attention_heads=(2, 1), decoder_ende_attention_heads=(2, 1),
+                    decoder_arbitrary_ende_attn=(-1, 1), qkv_dim=16, src_vocab=512, tgt_vocab=512,
+                    max_positions=64)
+
+
+class MacPredictor:
+    def predict_archs(self, archs):
+        return np.array([count_macs(a, SPACE)["total"] / 1e6 for a in archs])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    space_file = folder / "clitiny.json"
+    space_file.write_text(json.dumps(SPACE.to_dict()))
+    out = folder / "ck.pt"
+    result = CliRunner().invoke(supernet, ["train", "--space", str(space_file), "--steps", "4", "--train-size",
+                                           "300", "--out", str(out), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def fake_predictor(monkeypatch, tmp_path):
+    module = types.ModuleType("predictor.persistence")
+    module.load_predictor = lambda path: MacPredictor()
+    monkeypatch.setitem(sys.modules, "predictor.persistence", module)
+    path = tmp_path / "pred.json"
+    path.write_text("{}")
+    return path
+
+
+def test_supernet_train_writes_checkpoint_and_record(checkpoint) -> None:
+    record = json.loads(checkpoint.with_suffix(".json").read_text())
+    assert record["train"]["steps"] == 4 and record["space"] == "clitiny"
+    assert record["training"]["valid_loss_largest"] > 0 and record["checkpoint_bytes"] > 0
+
+
+def test_search_sweep_writes_result_and_plot(checkpoint, fake_predictor, tmp_path) -> None:
+    out, plot = tmp_path / "result.json", tmp_path / "front.png"
+    largest_ms = MacPredictor().predict_archs([SPACE.largest()])[0]
+    limits = [largest_ms * 0.5, largest_ms * 0.8]
+    args = ["--predictor", str(fake_predictor), "--supernet", str(checkpoint), "--latency-limits",
+            ",".join(f"{x:.6f}" for x in limits), "--iterations", "2", "--population", "10",
+            "--score-sentences", "16", "--bleu-sentences", "8", "--out", str(out), "--plot", str(plot)]
+    result = CliRunner().invoke(search, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["reference"]["name"] == "largest"
+    assert [round(r["latency_limit_ms"], 3) for r in payload["runs"]] == [round(x, 3) for x in limits]
+    for run in payload["runs"]:
+        assert run["winner"]["predicted_latency_ms"] <= run["latency_limit_ms"]
+        assert len(run["search"]["iterations"]) == 2
+    assert plot.stat().st_size > 1000 and "largest" in result.output
+
+
+def test_search_usage_and_domain_errors(checkpoint, fake_predictor, tmp_path) -> None:
+    base = ["--predictor", str(fake_predictor), "--supernet", str(checkpoint), "--out", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(search, base)
+    assert result.exit_code == 2 and "exactly one of" in result.output
+    result = CliRunner().invoke(search, base + ["--latency-limits", "1,x"])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(search, base + ["--latency-limit-ms", "0.001", "--iterations", "1"])
+    assert isinstance(result.exception, SearchError)
