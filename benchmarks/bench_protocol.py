@@ -6,7 +6,7 @@
 stability: one compact SubTransformer measured `--repeats` times in one process and as
 many times in fresh processes, for each round count in `--rounds`, the configurations
 interleaved so drift hits them alike. For each statistic (HAT's trimmed mean over all
-samples, the plain mean, the minimum, the median of per-round trimmed means) it reports
+samples, the plain mean, the median, the minimum, the median of per-round trimmed means) it reports
 the relative spread (max - min) / median over the repeats.
 
 overhead: `hatprof measure` for `--samples` architectures whose artifacts are already
@@ -44,6 +44,7 @@ def _measure_once(target, artifact, runs: int, rounds: int, trim: float = 0.1) -
     return {
         "trimmed_mean_ms": sum(m.trimmed_mean_ms for m in parts),
         "mean_ms": sum(m.mean_ms for m in parts),
+        "median_ms": sum(m.median_ms for m in parts),
         "min_ms": sum(m.min_ms for m in parts),
         "median_of_rounds_ms": sum(statistics.median(m.round_trimmed_means_ms) for m in parts),
         "cv_decoder": parts[1].cv,
@@ -84,7 +85,7 @@ def stability(args: argparse.Namespace) -> dict:
             print(f"repeat {repeat + 1}/{args.repeats}, rounds {r}: "
                   f"{runs[('in_process', r)][-1]['trimmed_mean_ms']:.2f} / "
                   f"{runs[('fresh_process', r)][-1]['trimmed_mean_ms']:.2f} ms", file=sys.stderr)
-    stats = ("trimmed_mean_ms", "mean_ms", "min_ms", "median_of_rounds_ms")
+    stats = ("trimmed_mean_ms", "mean_ms", "median_ms", "min_ms", "median_of_rounds_ms")
     summary = {f"{mode}/rounds={r}": {f"spread_{s}": _spread([m[s] for m in ms]) for s in stats}
                for (mode, r), ms in runs.items()}
     return {"arch_id": arch.arch_id, "arch": arch.to_dict(), "runs": args.runs, "repeats": args.repeats,

@@ -21,9 +21,10 @@ from nas.evaluate import LossScorer, bleu
 from nas.evolution import EvolutionStrategy
 from nas.grammar import SyntheticTaskConfig
 from nas.search import run_search
-from nas.supernet import SuperTransformer
+from nas.supernet import SuperTransformer, extract_subtransformer
 from nas.train import SAMPLING_RULES, TrainConfig, checkpoint_corpus, load_checkpoint, save_checkpoint, train_supernet
 from profiler.options import seed_option, space_option
+from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 
 logger = logging.getLogger(__name__)
@@ -142,12 +143,18 @@ def _arch_report(name: str, arch: ArchConfig, loss: float, latency_ms: float, te
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Result JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of the loss-latency front and the winners.")
+@click.option("--measure-device", default=None,
+              help="Measure the largest SubTransformer and each winner, with their inherited weights and "
+                   "the full protocol, on this device ('local' or an inventory name); rows go to "
+                   "<out>.measured.csv.")
+@click.option("--measure-runs", type=click.IntRange(min=3), default=300, show_default=True,
+              help="Timed runs per part for --measure-device (the rest of the protocol is the default).")
 @seed_option
 @threads_option
 def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: list[float] | None,
            supernet_path: str, iterations: int, population: int, mutation_prob: float, crossover_prob: float,
-           score_sentences: int, bleu_sentences: int, out: Path, plot: Path | None, seed: int,
-           threads: int | None) -> None:
+           score_sentences: int, bleu_sentences: int, out: Path, plot: Path | None, measure_device: str | None,
+           measure_runs: int, seed: int, threads: int | None) -> None:
     """Evolutionary search for the lowest validation loss within a latency limit."""
     if (latency_limit_ms is None) == (latency_limits is None):
         raise click.BadParameter("give exactly one of --latency-limit-ms and --latency-limits",
@@ -173,12 +180,13 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
         best = result.best
         winner = _arch_report("winner", best.arch, best.loss, best.latency_ms,
                               bleu(net, best.arch, test, corpus.tgt_vocab).score)
-        # `--measure-device NAME` belongs here: measure `best.arch` with
-        # profiler.measure.measure_archs and add "measured_latency_ms" next to "predicted_latency_ms".
         runs.append({"latency_limit_ms": limit, "winner": winner, "search": result.to_dict()})
     largest = space.largest()
     reference = _arch_report("largest", largest, scorer([largest])[0], float(latency_fn([largest])[0]),
                              bleu(net, largest, test, corpus.tgt_vocab).score)
+    if measure_device is not None:
+        _measure_reports(net, [reference] + [r["winner"] for r in runs], measure_device,
+                         TimingProtocol(runs=measure_runs), out.with_suffix(".measured.csv"))
     payload = {"supernet": str(supernet_path), "predictor": str(predictor_path), "space": space.name,
                "seed": seed, "score_sentences": len(corpus.valid[:score_sentences]),
                "bleu_sentences": len(test), "reference": reference, "runs": runs}
@@ -191,10 +199,34 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
     _echo_table(reference, runs)
 
 
+def _measure_reports(net: SuperTransformer, reports: list[dict[str, Any]], device: str,
+                     protocol: TimingProtocol, csv_path: Path) -> None:
+    """Measure each reported architecture with its inherited weights; add `measured_latency_ms`."""
+    from profiler.commands.measure import open_device, run_measure
+    from profiler.dataset import read_dataset
+    from profiler.measure import MeasureJob
+
+    archs = {r["arch_id"]: ArchConfig.from_dict(r["arch"]) for r in reports}
+    models = {arch_id: extract_subtransformer(net, arch) for arch_id, arch in archs.items()}
+    target, protocol = open_device(device, protocol)
+    try:
+        job = MeasureJob(space=net.space, protocol=protocol, models=models)
+        results = run_measure(list(archs.values()), job, target, csv_path, csv_path.exists(), device)
+    finally:
+        target.close()
+    measured = {r.arch.arch_id: r.row["latency_ms"] for r in results if r.ok}
+    for _, row in read_dataset(csv_path).iterrows():  # rows measured by an earlier run count too
+        measured.setdefault(row["arch_id"], float(row["latency_ms"]))
+    for report in reports:
+        report["measured_latency_ms"] = measured.get(report["arch_id"])
+
+
 def _echo_table(reference: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
-    click.echo(f"{'limit ms':>9} {'pred ms':>8} {'loss':>7} {'BLEU':>6}  arch")
+    click.echo(f"{'limit ms':>9} {'pred ms':>8} {'meas ms':>8} {'loss':>7} {'BLEU':>6}  arch")
     rows = [("-", reference)] + [(f"{r['latency_limit_ms']:g}", r["winner"]) for r in runs]
     for limit, row in rows:
         label = "largest" if row["name"] == "largest" else row["arch_id"]
-        click.echo(f"{limit:>9} {row['predicted_latency_ms']:8.2f} {row['valid_loss']:7.3f} "
+        measured = row.get("measured_latency_ms")
+        measured = "-" if measured is None else f"{measured:.2f}"
+        click.echo(f"{limit:>9} {row['predicted_latency_ms']:8.2f} {measured:>8} {row['valid_loss']:7.3f} "
                    f"{row['test_bleu']:6.2f}  {label}")

@@ -80,3 +80,30 @@ def test_search_usage_and_domain_errors(checkpoint, fake_predictor, tmp_path) ->
     assert result.exit_code == 2
     result = CliRunner().invoke(search, base + ["--latency-limit-ms", "0.001", "--iterations", "1"])
     assert isinstance(result.exception, SearchError)
+
+
+def test_search_measures_the_winner_with_its_inherited_weights(checkpoint, fake_predictor, tmp_path) -> None:
+    from nas.supernet import extract_subtransformer
+    from nas.train import load_checkpoint
+    from profiler.artifacts import cache_root
+    from profiler.dataset import raw_path_for, read_dataset
+    from profiler.export import weights_digest
+    from profiler.space import ArchConfig
+
+    out = tmp_path / "result.json"
+    limit = MacPredictor().predict_archs([SPACE.largest()])[0] * 0.6
+    args = ["--predictor", str(fake_predictor), "--supernet", str(checkpoint), "--latency-limit-ms",
+            f"{limit:.6f}", "--iterations", "1", "--population", "10", "--score-sentences", "8",
+            "--bleu-sentences", "4", "--out", str(out), "--measure-device", "local", "--measure-runs", "6"]
+    result = CliRunner().invoke(search, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    rows = read_dataset(out.with_suffix(".measured.csv")).set_index("arch_id")
+    for report in (payload["reference"], payload["runs"][0]["winner"]):
+        assert report["measured_latency_ms"] == pytest.approx(rows.loc[report["arch_id"], "latency_ms"])
+    assert set(rows["runs"]) == {6} and len(raw_path_for(out.with_suffix(".measured.csv")).read_text().splitlines()) == 2
+    net, _ = load_checkpoint(checkpoint)
+    winner = ArchConfig.from_dict(payload["runs"][0]["winner"]["arch"])
+    exported = {json.loads(m.read_text())["weights_sha256"] for m in cache_root().glob("*/manifest.json")
+                if json.loads(m.read_text())["arch_id"] == winner.arch_id}
+    assert weights_digest(extract_subtransformer(net, winner)) in exported

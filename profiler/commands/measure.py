@@ -15,8 +15,8 @@ from profiler.space import ArchConfig, DesignSpace
 from profiler.target import LocalTarget, MeasureTarget
 
 
-def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None,
-                inventory: str | None) -> tuple[MeasureTarget, TimingProtocol]:
+def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None = None,
+                inventory: str | None = None) -> tuple[MeasureTarget, TimingProtocol]:
     """`local`, or a device named in the inventory, and the protocol it times with.
 
     A device of the inventory times with the inventory's `threads` (as `hatprof collect`
@@ -24,11 +24,6 @@ def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None,
     """
     if name == "local":
         return LocalTarget(threads=protocol.threads, cpus=cpus), protocol
-    ctx = click.get_current_context()
-    for option in ("threads", "cpus"):
-        if ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT:
-            raise click.BadParameter(f"device {name!r} sets its own {option} in the inventory",
-                                     param_hint=f"--{option}")
     try:
         from device_agents.inventory import load_inventory
     except ModuleNotFoundError:
@@ -96,6 +91,11 @@ def measure(device: str, inventory: str | None, space: DesignSpace, samples: int
     """
     if archs_file is not None and samples is not None:
         raise click.BadParameter("give --samples or --archs, not both")
+    ctx = click.get_current_context()
+    for option in ("threads", "cpus"):
+        if device != "local" and ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter(f"device {device!r} sets its own {option} in the inventory",
+                                     param_hint=f"--{option}")
     archs = (read_arch_lines(archs_file, space) if archs_file is not None
              else space.sample_many(samples or 10, seed))
     target, protocol = open_device(device, protocol, cpus, inventory)
