@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from profiler.dataset import read_dataset  # noqa: E402
+from profiler.dataset import LATENCY_STATISTICS, read_dataset  # noqa: E402
 from profiler.space import HAT_FEATURES, load_space  # noqa: E402
 from predictor.core import (DEFAULT_MODEL, MODELS, fit_prepared, library_versions,  # noqa: E402
                             model_spec, prepare)
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--hat-mlp-steps", type=int, default=5000, help="HAT's recipe: 5000")
     parser.add_argument("--throughput-archs", type=int, default=100_000)
+    parser.add_argument("--statistic", default="trimmed-mean", choices=LATENCY_STATISTICS,
+                        help="latency label (the median and min are recomputed from the raw samples)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "predictor.json")
     args = parser.parse_args(argv)
@@ -92,12 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     generated = args.data is None
-    df = synthetic_frame(args.rows, args.seed) if generated else read_dataset(args.data)
+    df = synthetic_frame(args.rows, args.seed) if generated else read_dataset(args.data, args.statistic)
     models = [m.strip() for m in args.models.split(",")]
     params = {"hat-mlp": {"max_steps": args.hat_mlp_steps}}
     started = time.time()
     results: dict = {
         "data": {"source": "generated (predictor.synthetic)" if generated else str(args.data),
+                 "statistic": args.statistic,
                  "rows": len(df), "device": str(df["device"].iloc[0]) if "device" in df else None,
                  "has_arch": ARCH_COLUMN in df.columns},
         "environment": {**library_versions(), "machine": platform.machine(),

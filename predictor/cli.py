@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from profiler.dataset import read_dataset
+from profiler.dataset import LATENCY_STATISTICS, read_dataset
 from profiler.errors import SpaceError
 from profiler.space import ArchConfig
 
@@ -25,6 +25,10 @@ from predictor.transfer import adapt as adapt_predictor
 _csv = click.Path(exists=True, dir_okay=False, path_type=Path)
 _out = click.Path(dir_okay=False, writable=True, path_type=Path)
 data_option = click.option("--data", type=_csv, required=True, help="Latency CSV.")
+statistic_option = click.option(
+    "--statistic", type=click.Choice(LATENCY_STATISTICS), default=None,
+    help="Latency to learn and score: HAT's trimmed mean as written, or the median or minimum "
+         "recomputed from the raw samples.  [default: trimmed-mean, or the predictor's own for eval]")
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seed of HAT's 80/10/10 split and of the models.")
 
@@ -49,10 +53,11 @@ def predictor() -> None:
 @click.option("--model", type=click.Choice(list(MODELS)), default=DEFAULT_MODEL, show_default=True,
               help="Model to train: " + "; ".join(f"{n}: {s.description}" for n, s in MODELS.items()))
 @click.option("--out", type=_out, required=True, help="Predictor file to write.")
+@statistic_option
 @seed_option
-def train(data: Path, model: str, out: Path, seed: int) -> None:
+def train(data: Path, model: str, out: Path, statistic: str | None, seed: int) -> None:
     """Train a predictor on a latency CSV (held-out metrics are stored with it)."""
-    pred = train_predictor(read_dataset(data), model, seed=seed)
+    pred = train_predictor(read_dataset(data, statistic or "trimmed-mean"), model, seed=seed)
     save_predictor(pred, out)
     metrics = pred.metadata["metrics"]
     held = _metrics_line(metrics["holdout"]) if metrics else "no held-out metrics (under 20 rows)"
@@ -64,10 +69,12 @@ def train(data: Path, model: str, out: Path, seed: int) -> None:
 @click.option("--predictor", "predictor_file", type=_csv, required=True, help="Predictor file.")
 @data_option
 @click.option("--json", "json_out", type=_out, help="Write the metrics as JSON here.")
-def evaluate(predictor_file: Path, data: Path, json_out: Path | None) -> None:
+@statistic_option
+def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic: str | None) -> None:
     """Score a saved predictor on measured rows (total latency)."""
     pred = load_predictor(predictor_file)
-    df = read_dataset(data)
+    learned = pred.metadata.get("data", {}).get("latency_statistic", "trimmed-mean")
+    df = read_dataset(data, statistic or learned)
     predicted = pred.predict_frame(df)["predicted_ms"].to_numpy()
     metrics = latency_metrics(measured_total(df), predicted)
     click.echo(_metrics_line(metrics))
@@ -121,8 +128,9 @@ def _read_archs(path: Path) -> list[ArchConfig]:
 @click.option("--models", default=",".join(MODELS), show_default=True,
               help="Comma-separated models to compare.")
 @click.option("--plot", type=_out, help="Also draw predicted vs measured and the learning curve (PNG).")
+@statistic_option
 @seed_option
-def compare(data: Path, models: str, plot: Path | None, seed: int) -> None:
+def compare(data: Path, models: str, plot: Path | None, statistic: str | None, seed: int) -> None:
     """Train every model on one split of the data and print one table of test metrics."""
     from predictor.evaluation import learning_curve, plot_evaluation, run_comparison
 
@@ -131,7 +139,7 @@ def compare(data: Path, models: str, plot: Path | None, seed: int) -> None:
     if unknown or not names:
         raise click.BadParameter(f"unknown model(s) {', '.join(unknown) or '(none)'}; "
                                  f"known: {', '.join(MODELS)}", param_hint="--models")
-    df = read_dataset(data)
+    df = read_dataset(data, statistic or "trimmed-mean")
     result = run_comparison(df, names, seed)
     click.echo(result.table.to_string(float_format=lambda v: f"{v:.4g}"))
     if plot:
@@ -145,9 +153,10 @@ def compare(data: Path, models: str, plot: Path | None, seed: int) -> None:
 @click.option("--method", type=click.Choice(["auto", *METHODS]), default="auto", show_default=True,
               help="Correction of the base predictions (auto: best by leave-one-out on the rows).")
 @click.option("--out", type=_out, required=True, help="Adapted predictor file to write.")
-def adapt(base: Path, data: Path, method: str, out: Path) -> None:
+@statistic_option
+def adapt(base: Path, data: Path, method: str, out: Path, statistic: str | None) -> None:
     """Adapt a predictor to a new device from a few of its measured rows."""
-    adapted = adapt_predictor(load_predictor(base), read_dataset(data), method)
+    adapted = adapt_predictor(load_predictor(base), read_dataset(data, statistic or "trimmed-mean"), method)
     save_predictor(adapted, out)
     scales = ", ".join(f"{t} x{c.scale:.3g}" for t, c in adapted.corrections.items())
     loo = adapted.metadata["loo_rmspe"].get(adapted.method)

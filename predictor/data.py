@@ -27,7 +27,7 @@ TOTAL_TARGET = ("total",)
 #: Settings that must take one value in a training set (an empty cell counts as unknown).
 SINGLE_VALUED = ("device", "space", "runtime", "format", "seq_len", "beam", "vocab", "threads")
 #: Further settings recorded in a predictor's metadata when present.
-RECORDED = ("host", "runs", "warmup", "trim", "rounds", "cpus")
+RECORDED = ("host", "runs", "warmup", "trim", "rounds", "cpus", "latency_statistic")
 
 
 def has_arch(df: pd.DataFrame) -> bool:

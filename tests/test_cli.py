@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import pytest
 
 from profiler.cli import main
 from profiler.dataset import raw_path_for, read_dataset, recompute_from_raw
+from profiler.errors import DatasetError
 from profiler.space import load_space
 
 TINY = ["--runs", "6", "--rounds", "2", "--warmup", "1", "--seq-len", "4", "--beam", "2"]
@@ -52,6 +54,16 @@ def test_measure_writes_rows_whose_statistics_come_from_the_raw_samples(tmp_path
         assert stats["latency_mean_encoder"] == pytest.approx(row["latency_mean_encoder"], rel=1e-12)
         assert stats["latency_ms"] == pytest.approx(row["latency_ms"], rel=1e-12)
     assert all(a in stdout for a in expected_ids)
+    for statistic, reduce in (("min", min), ("median", statistics.median)):
+        restated = read_dataset(out, statistic).set_index("arch_id")
+        for raw in map(json.loads, raw_lines):
+            row = restated.loc[raw["arch_id"]]
+            assert row["latency_mean_encoder"] == reduce(raw["encoder_ms"])
+            assert row["latency_ms"] == reduce(raw["encoder_ms"]) + reduce(raw["decoder_ms"])
+            assert row["latency_statistic"] == statistic
+    raw_path_for(out).unlink()
+    with pytest.raises(DatasetError, match="needs the raw samples"):
+        read_dataset(out, "min")
 
 
 def test_measure_refuses_to_mix_settings_and_resumes(tmp_path, capsys):
