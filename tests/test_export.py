@@ -8,23 +8,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from _archs import ARCHS, FORMATS, MIXED, SPACE, TOL
 
 from profiler.errors import ArtifactError
 from profiler.export import export_arch, export_model
 from profiler.model import SubTransformer
-from profiler.space import ArchConfig, load_space
+from profiler.space import ArchConfig
 from profiler.workload import EXPORT_VERSION, MANIFEST_NAME, cache_names, decoder_input_names
-
-SPACE = load_space("compact")
-MIXED = ArchConfig(
-    encoder_embed_dim=192, encoder_layer_num=3, encoder_ffn_embed_dim=(512, 1024, 256),
-    encoder_self_attention_heads=(2, 4, 2), decoder_embed_dim=128, decoder_layer_num=3,
-    decoder_ffn_embed_dim=(256, 1024, 512), decoder_self_attention_heads=(4, 2, 4),
-    decoder_ende_attention_heads=(2, 4, 4), decoder_arbitrary_ende_attn=(-1, 1, 2),
-)
-ARCHS = {"largest": SPACE.largest(), "smallest": SPACE.smallest(), "mixed": MIXED}
-FORMATS = ("onnx", "torchscript")
-TOL = 1e-4
 
 
 class Graphs:
