@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol as TypingProtocol
 
-from profiler.metadata import collect_environment, default_cpus, pin_process, snapshot
+from profiler.metadata import collect_environment, current_affinity, default_cpus, pin_process, snapshot
 from profiler.protocol import RoundResult, time_round
 from profiler.workload import Runner
 
@@ -79,14 +79,15 @@ def open_runner(artifact_dir: Path, fmt: str, seq_len: int, beam: int, threads: 
 
 class LocalTarget:
     """Measures in this process, pinned to `cpus` (default: `threads` CPUs chosen by
-    `default_cpus`). Runners stay open across rounds, so interleaved rounds of a few
-    architectures do not pay session start-up again."""
+    `default_cpus`) until `close()`. Runners stay open across rounds, so interleaved rounds
+    of a few architectures do not pay session start-up again."""
 
     name = "local"
 
     def __init__(self, threads: int = 1, cpus: Iterable[int] | None = None, max_open: int = 8,
                  clock: Callable[[], int] = time.perf_counter_ns):
         self.threads = threads
+        self._previous_cpus = current_affinity()
         self.cpus = pin_process(set(cpus) if cpus else default_cpus(threads))
         self.max_open = max_open
         self._clock = clock
@@ -114,6 +115,8 @@ class LocalTarget:
         return runner
 
     def close(self) -> None:
+        """Close the runners and give the process back the CPUs it had before."""
         while self._runners:
             self._runners.popitem()[1].close()
+        pin_process(self._previous_cpus)
 

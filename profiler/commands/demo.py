@@ -1,4 +1,11 @@
-"""`hatprof demo`: the main job on the bundled defaults, as `make demo` runs it."""
+"""`hatprof demo`: HAT's method end to end on this machine, as `make demo` runs it.
+
+1. measure a few compact SubTransformers here with the full protocol;
+2. adapt the predictor of the bundled dataset's device to this machine with those rows;
+3. search the bundled supernet for the best SubTransformer under half the largest one's
+   predicted latency (a short search: HAT's defaults take longer than a demo should);
+4. measure the largest SubTransformer and the winner here, with their inherited weights.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,26 +19,51 @@ from profiler.protocol import TimingProtocol
 from profiler.space import load_space
 from profiler.target import LocalTarget
 
+BUNDLED_DATASET = Path(__file__).resolve().parents[2] / "datasets" / "compact_local.csv"
+
 
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"),
-              show_default=True, help="Directory for the demo's dataset (a rerun resumes it).")
-@click.option("--samples", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Architectures sampled from the compact space.")
+              show_default=True, help="Directory for the demo's files (a rerun resumes the measurements).")
+@click.option("--samples", type=click.IntRange(min=3), default=8, show_default=True,
+              help="Architectures sampled from the compact space and measured here.")
+@click.option("--iterations", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Search iterations (HAT: 30).")
+@click.option("--population", type=click.IntRange(min=5), default=40, show_default=True,
+              help="Search population (HAT: 125).")
 @protocol_options
-def demo(out: Path, samples: int, protocol: TimingProtocol) -> None:
-    """Measure a few compact SubTransformers on this machine with the full protocol."""
+@click.pass_context
+def demo(ctx: click.Context, out: Path, samples: int, iterations: int, population: int,
+         protocol: TimingProtocol) -> None:
+    """Measure -> predictor -> search -> measure the winner, on the bundled defaults."""
+    from nas.cli import search
+    from predictor.cli import adapt, train
+    from predictor.persistence import load_predictor
+
     space = load_space("compact")
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "local.csv"
-    archs = space.sample_many(samples, seed=0)
+    click.echo(f"1/4 measuring {samples} compact SubTransformers on this machine")
     target = LocalTarget(threads=protocol.threads)
     try:
-        run_measure(archs, MeasureJob(space=space, protocol=protocol), target, csv_path,
-                    resume=csv_path.exists(), device="local")
+        run_measure(space.sample_many(samples, seed=0), MeasureJob(space=space, protocol=protocol),
+                    target, csv_path, resume=csv_path.exists(), device="local")
     finally:
         target.close()
     _print_table(csv_path)
+
+    click.echo(f"\n2/4 predictor: trained on {BUNDLED_DATASET.name}, adapted to this machine")
+    base, local = out / "bundled.predictor", out / "local.predictor"
+    ctx.invoke(train, data=BUNDLED_DATASET, out=base)
+    ctx.invoke(adapt, base=base, data=csv_path, out=local)
+
+    limit = 0.5 * float(load_predictor(local).predict_archs([space.largest()])[0])
+    click.echo(f"\n3/4 search: lowest validation loss under {limit:.2f} ms "
+               f"(half the largest SubTransformer's predicted latency)")
+    click.echo("4/4 then the largest SubTransformer and the winner are measured here")
+    ctx.invoke(search, predictor_path=str(local), latency_limit_ms=limit, iterations=iterations,
+               population=population, out=out / "search.json", measure_device="local",
+               measure_runs=protocol.runs)
 
 
 def _print_table(csv_path: Path) -> None:
