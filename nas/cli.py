@@ -111,11 +111,13 @@ def _parse_limits(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def _predictor_latency_fn(path: str):
-    """`latency_fn` of a saved latency predictor (milliseconds per architecture)."""
+    """`latency_fn` of a saved latency predictor (ms per architecture), and the latency
+    statistic it learnt (HAT's trimmed mean unless it was trained on another)."""
     from predictor.persistence import load_predictor
 
     model = load_predictor(path)
-    return lambda archs: model.predict_archs(list(archs)).tolist()
+    statistic = getattr(model, "metadata", {}).get("data", {}).get("latency_statistic", "trimmed-mean")
+    return (lambda archs: model.predict_archs(list(archs)).tolist()), statistic
 
 
 def _arch_report(name: str, arch: ArchConfig, loss: float, latency_ms: float, test_bleu: float) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
     net, header = load_checkpoint(supernet_path)
     space = net.space
     corpus = checkpoint_corpus(header, space)
-    latency_fn = _predictor_latency_fn(predictor_path)
+    latency_fn, statistic = _predictor_latency_fn(predictor_path)
     scorer = LossScorer(net, corpus.valid[:score_sentences])
     test = corpus.test[:bleu_sentences]
 
@@ -186,9 +188,9 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
                              bleu(net, largest, test, corpus.tgt_vocab).score)
     if measure_device is not None:
         _measure_reports(net, [reference] + [r["winner"] for r in runs], measure_device,
-                         TimingProtocol(runs=measure_runs), out.with_suffix(".measured.csv"))
+                         TimingProtocol(runs=measure_runs), out.with_suffix(".measured.csv"), statistic)
     payload = {"supernet": str(supernet_path), "predictor": str(predictor_path), "space": space.name,
-               "seed": seed, "score_sentences": len(corpus.valid[:score_sentences]),
+               "seed": seed, "latency_statistic": statistic, "score_sentences": len(corpus.valid[:score_sentences]),
                "bleu_sentences": len(test), "reference": reference, "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
@@ -200,8 +202,9 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
 
 
 def _measure_reports(net: SuperTransformer, reports: list[dict[str, Any]], device: str,
-                     protocol: TimingProtocol, csv_path: Path) -> None:
-    """Measure each reported architecture with its inherited weights; add `measured_latency_ms`."""
+                     protocol: TimingProtocol, csv_path: Path, statistic: str) -> None:
+    """Measure each reported architecture with its inherited weights; add `measured_latency_ms`
+    as the statistic the predictor learnt, so predicted and measured compare like with like."""
     from profiler.commands.measure import open_device, run_measure
     from profiler.dataset import read_dataset
     from profiler.measure import MeasureJob
@@ -211,12 +214,11 @@ def _measure_reports(net: SuperTransformer, reports: list[dict[str, Any]], devic
     target, protocol = open_device(device, protocol)
     try:
         job = MeasureJob(space=net.space, protocol=protocol, models=models)
-        results = run_measure(list(archs.values()), job, target, csv_path, csv_path.exists(), device)
+        run_measure(list(archs.values()), job, target, csv_path, csv_path.exists(), device)
     finally:
         target.close()
-    measured = {r.arch.arch_id: r.row["latency_ms"] for r in results if r.ok}
-    for _, row in read_dataset(csv_path).iterrows():  # rows measured by an earlier run count too
-        measured.setdefault(row["arch_id"], float(row["latency_ms"]))
+    rows = read_dataset(csv_path, statistic)  # rows measured by an earlier run count too
+    measured = dict(zip(rows["arch_id"], rows["latency_ms"].astype(float)))
     for report in reports:
         report["measured_latency_ms"] = measured.get(report["arch_id"])
 

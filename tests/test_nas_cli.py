@@ -82,7 +82,9 @@ def test_search_usage_and_domain_errors(checkpoint, fake_predictor, tmp_path) ->
     assert isinstance(result.exception, SearchError)
 
 
-def test_search_measures_the_winner_with_its_inherited_weights(checkpoint, fake_predictor, tmp_path) -> None:
+@pytest.mark.parametrize("statistic", ["trimmed-mean", "min"])
+def test_search_measures_the_winner_with_its_inherited_weights(checkpoint, fake_predictor, tmp_path,
+                                                               monkeypatch, statistic) -> None:
     from nas.supernet import extract_subtransformer
     from nas.train import load_checkpoint
     from profiler.artifacts import cache_root
@@ -90,6 +92,7 @@ def test_search_measures_the_winner_with_its_inherited_weights(checkpoint, fake_
     from profiler.export import weights_digest
     from profiler.space import ArchConfig
 
+    monkeypatch.setattr(MacPredictor, "metadata", {"data": {"latency_statistic": statistic}}, raising=False)
     out = tmp_path / "result.json"
     limit = MacPredictor().predict_archs([SPACE.largest()])[0] * 0.6
     args = ["--predictor", str(fake_predictor), "--supernet", str(checkpoint), "--latency-limit-ms",
@@ -98,7 +101,8 @@ def test_search_measures_the_winner_with_its_inherited_weights(checkpoint, fake_
     result = CliRunner().invoke(search, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
-    rows = read_dataset(out.with_suffix(".measured.csv")).set_index("arch_id")
+    assert payload["latency_statistic"] == statistic
+    rows = read_dataset(out.with_suffix(".measured.csv"), statistic).set_index("arch_id")
     for report in (payload["reference"], payload["runs"][0]["winner"]):
         assert report["measured_latency_ms"] == pytest.approx(rows.loc[report["arch_id"], "latency_ms"])
     assert set(rows["runs"]) == {6} and len(raw_path_for(out.with_suffix(".measured.csv")).read_text().splitlines()) == 2
