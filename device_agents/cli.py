@@ -13,7 +13,8 @@ import click
 from device_agents.client import AgentError, AgentUnavailable
 from device_agents.inventory import DeviceSpec, load_inventory
 from profiler.errors import DeviceError
-from profiler.options import format_option, protocol_options, seed_option, space_option
+from profiler.options import (cache_dir_option, format_option, interleave_option, protocol_options,
+                              retry_unstable_option, seed_option, space_option)
 
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -135,12 +136,9 @@ def _device_names(ctx: click.Context, param: click.Parameter, value: str) -> lis
 @seed_option
 @protocol_options
 @format_option
-@click.option("--interleave", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Architectures an agent takes at a time, their rounds interleaved.")
-@click.option("--retry-unstable", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Measure an architecture flagged unstable again, up to this many times.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Artifact cache (default: $HATPROF_CACHE, then ~/.cache/hatprof/artifacts).")
+@retry_unstable_option
+@interleave_option
+@cache_dir_option
 @click.option("--backend", type=click.Choice(["http", "ray"]), default="http", show_default=True,
               help="Reach devices through their HTTP agents (the inventory), or through a Ray cluster "
                    "whose nodes advertise device names as custom resources.")

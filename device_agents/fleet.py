@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterable, Sequence
 from device_agents.client import AgentUnavailable
 from device_agents.inventory import Inventory
 from profiler.artifacts import get_artifact
-from profiler.dataset import DatasetWriter, make_settings
+from profiler.dataset import DatasetWriter
 from profiler.errors import DeviceError, HatprofError
-from profiler.measure import RUNTIMES, ArchResult, MeasureJob, measure_archs
+from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig
 from profiler.target import MeasureTarget
@@ -82,17 +82,6 @@ def fleet_from_inventory(inventory: Inventory, names: Iterable[str], protocol: T
         spec = inventory.get(name)
         devices.append(FleetDevice(name, list(spec.targets()), replace(protocol, threads=spec.threads)))
     return devices
-
-
-def device_host(device: FleetDevice) -> str:
-    """The dataset's `host` setting: the agent's host name, or the device name for several agents.
-
-    Several agents of one device are several machines of one kind, and their rows share a
-    file; the device name keeps the setting stable whichever agents answer on a rerun.
-    """
-    if len(device.targets) > 1:
-        return device.name
-    return str(device.targets[0].info().get("hostname") or device.name)
 
 
 class _WorkQueue:
@@ -194,9 +183,7 @@ class _DeviceRun:
 
     def open(self) -> set[str]:
         """Open (resume) the device's file; the arch ids already in it."""
-        settings = make_settings(self.job.space, self.job.protocol, device=self.device.name,
-                                 host=device_host(self.device), runtime=RUNTIMES[self.job.fmt], fmt=self.job.fmt)
-        self._raw_writer = DatasetWriter(self.path, settings, resume=True)
+        self._raw_writer = open_dataset(self.path, self.job, self.device.name, self.device.targets, resume=True)
         self.writer = _LockedWriter(self._raw_writer)
         wanted = {a.arch_id for a in self.archs}
         self.report.already = len(wanted & self._raw_writer.done_ids)

@@ -141,17 +141,17 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
 RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "eager": "pytorch"}
 
 
-def dataset_host(device: str, target: MeasureTarget, info: dict[str, Any]) -> str:
-    """The `host` setting: the device name for a pool of agents (any may answer), else its host."""
-    if len(getattr(target, "targets", ())) > 1:
+def dataset_host(device: str, targets: Sequence[MeasureTarget]) -> str:
+    """The `host` setting of a device's file: its agent's host name, or the device name when
+    several agents (several machines of one kind, any of which may answer on a rerun) share it."""
+    if len(targets) > 1:
         return device
-    return str(info.get("hostname") or device)
+    return str(targets[0].info().get("hostname") or device)
 
 
-def open_dataset(path: Path, job: MeasureJob, target: MeasureTarget, device: str,
+def open_dataset(path: Path, job: MeasureJob, device: str, targets: Sequence[MeasureTarget],
                  resume: bool) -> DatasetWriter:
-    """The dataset file for measurements of `job` on `target`, named `device` in its rows."""
-    settings = make_settings(job.space, job.protocol, device=device,
-                             host=dataset_host(device, target, target.info()),
+    """The dataset file for measurements of `job` on `device` (measured by `targets`)."""
+    settings = make_settings(job.space, job.protocol, device=device, host=dataset_host(device, targets),
                              runtime=RUNTIMES[job.fmt], fmt=job.fmt)
     return DatasetWriter(path, settings, resume=resume)

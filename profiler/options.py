@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import click
 
@@ -80,3 +81,14 @@ def cpus_option(command):
     return click.option("--cpus", callback=parse, default=None,
                         help="CPUs to pin the measurement to, e.g. '3' or '2-3' (default: the "
                              "highest-numbered ones allowed, one per thread).")(command)
+
+
+interleave_option = click.option(
+    "--interleave", type=click.IntRange(min=1), default=4, show_default=True,
+    help="Architectures measured together, their rounds interleaved (a kill loses at most these rows).")
+retry_unstable_option = click.option(
+    "--retry-unstable", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Measure an architecture flagged unstable again, up to this many times.")
+cache_dir_option = click.option(
+    "--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Artifact cache (default: $HATPROF_CACHE, then ~/.cache/hatprof/artifacts).")

@@ -9,7 +9,8 @@ import click
 
 from profiler.errors import HatprofError
 from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
-from profiler.options import cpus_option, format_option, protocol_options, seed_option, space_option
+from profiler.options import (cache_dir_option, cpus_option, format_option, interleave_option, protocol_options,
+                              retry_unstable_option, seed_option, space_option)
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 from profiler.target import LocalTarget, MeasureTarget
@@ -45,7 +46,7 @@ def _result_line(result: ArchResult) -> str:
 def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget, out: Path,
                 resume: bool, device: str) -> list[ArchResult]:
     """Measure `archs` into `out` with a progress bar; the shared body of measure, demo and search."""
-    with open_dataset(out, job, target, device, resume) as writer:
+    with open_dataset(out, job, device, getattr(target, "targets", [target]), resume) as writer:
         todo = [a for a in archs if a.arch_id not in writer.done_ids]
         if len(todo) < len(archs):
             click.echo(f"resuming: {len(archs) - len(todo)} of {len(archs)} already in {out}", err=True)
@@ -72,12 +73,9 @@ def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget,
 @cpus_option
 @click.option("--resume", is_flag=True,
               help="Append to an existing file of the same device and settings, skipping measured archs.")
-@click.option("--retry-unstable", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Measure an architecture flagged unstable again, up to this many times.")
-@click.option("--interleave", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Architectures whose rounds are interleaved (a kill loses at most this many rows).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Artifact cache (default: $HATPROF_CACHE, then ~/.cache/hatprof/artifacts).")
+@retry_unstable_option
+@interleave_option
+@cache_dir_option
 def measure(device: str, inventory: str | None, space: DesignSpace, samples: int | None,
             archs_file: Path | None, out: Path, seed: int, protocol: TimingProtocol, fmt: str,
             cpus: set[int] | None, resume: bool, retry_unstable: int, interleave: int,
