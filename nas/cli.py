@@ -20,8 +20,9 @@ from nas.corpus import parallel_text_corpus, synthetic_corpus
 from nas.evaluate import LossScorer, bleu
 from nas.evolution import EvolutionStrategy
 from nas.grammar import SyntheticTaskConfig
+from nas.measured import measure_inherited
 from nas.search import run_search
-from nas.supernet import SuperTransformer, extract_subtransformer
+from nas.supernet import SuperTransformer
 from nas.train import SAMPLING_RULES, TrainConfig, checkpoint_corpus, load_checkpoint, save_checkpoint, train_supernet
 from profiler.options import seed_option, space_option
 from profiler.protocol import TimingProtocol
@@ -203,22 +204,9 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
 
 def _measure_reports(net: SuperTransformer, reports: list[dict[str, Any]], device: str,
                      protocol: TimingProtocol, csv_path: Path, statistic: str) -> None:
-    """Measure each reported architecture with its inherited weights; add `measured_latency_ms`
-    as the statistic the predictor learnt, so predicted and measured compare like with like."""
-    from profiler.commands.measure import open_device, run_measure
-    from profiler.dataset import read_dataset
-    from profiler.measure import MeasureJob
-
-    archs = {r["arch_id"]: ArchConfig.from_dict(r["arch"]) for r in reports}
-    models = {arch_id: extract_subtransformer(net, arch) for arch_id, arch in archs.items()}
-    target, protocol = open_device(device, protocol)
-    try:
-        job = MeasureJob(space=net.space, protocol=protocol, models=models)
-        run_measure(list(archs.values()), job, target, csv_path, csv_path.exists(), device)
-    finally:
-        target.close()
-    rows = read_dataset(csv_path, statistic)  # rows measured by an earlier run count too
-    measured = dict(zip(rows["arch_id"], rows["latency_ms"].astype(float)))
+    """Add `measured_latency_ms` (as the statistic the predictor learnt) to each report."""
+    archs = [ArchConfig.from_dict(r["arch"]) for r in reports]
+    measured = measure_inherited(net, archs, device, protocol, csv_path, statistic)
     for report in reports:
         report["measured_latency_ms"] = measured.get(report["arch_id"])
 

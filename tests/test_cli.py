@@ -66,6 +66,15 @@ def test_measure_writes_rows_whose_statistics_come_from_the_raw_samples(tmp_path
         read_dataset(out, "min")
 
 
+def test_measure_times_the_architectures_of_an_archs_file(tmp_path, capsys):
+    archs = load_space("compact").sample_many(3, 11)
+    listing = tmp_path / "archs.jsonl"
+    listing.write_text("".join(json.dumps(a.to_dict()) + "\n\n" for a in archs[:2]))
+    out = tmp_path / "local.csv"
+    assert run(["measure", "--archs", str(listing), "--out", str(out), *TINY], capsys)[0] == 0
+    assert sorted(read_dataset(out)["arch_id"]) == sorted(a.arch_id for a in archs[:2])
+
+
 def test_measure_refuses_to_mix_settings_and_resumes(tmp_path, capsys):
     out = tmp_path / "local.csv"
     assert run(["measure", "--samples", "1", "--out", str(out), *TINY], capsys)[0] == 0
@@ -85,6 +94,8 @@ def test_measure_refuses_to_mix_settings_and_resumes(tmp_path, capsys):
     (["measure", "--device", "rpi9", "--out", "x.csv"], 1, "unknown device 'rpi9'"),
     (["measure", "--out", "not-a-dir/file.txt/x.csv", "--samples", "1"], 1, "x.csv"),
     (["dataset", "info", "missing.csv"], 1, "missing.csv"),
+    (["measure", "--archs", "bad.jsonl", "--out", "x.csv"], 1, "bad.jsonl:2: encoder_embed_dim=999"),
+    (["measure", "--archs", "empty.jsonl", "--out", "x.csv"], 1, "empty.jsonl holds no architectures"),
     (["export", "--arch", "bad.json", "--out", "exp"], 1, "encoder_embed_dim=999"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys, args, status, message):
@@ -96,6 +107,8 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys, args, 
     (tmp_path / "not-a-dir" / "file.txt").write_text("x")
     arch = load_space("compact").largest().to_dict()
     (tmp_path / "bad.json").write_text(json.dumps({**arch, "encoder_embed_dim": 999}))
+    (tmp_path / "bad.jsonl").write_text(json.dumps(arch) + "\n" + (tmp_path / "bad.json").read_text())
+    (tmp_path / "empty.jsonl").write_text("\n")
     code, _, err = run(args, capsys)
     assert code == status
     lines = err.strip().splitlines()

@@ -34,6 +34,24 @@ def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None = Non
     return devices.open_target(name, threads), dataclasses.replace(protocol, threads=threads)
 
 
+def read_arch_lines(path: Path, space: DesignSpace) -> list[ArchConfig]:
+    """Architectures from a file of JSON lines (as `hatprof space sample` writes), validated."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise HatprofError(f"cannot read {path}: {exc.strerror}") from None
+    archs = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                archs.append(ArchConfig.from_json(line).validate(space))
+            except HatprofError as exc:
+                raise HatprofError(f"{path}:{number}: {exc}") from None
+    if not archs:
+        raise HatprofError(f"{path} holds no architectures")
+    return archs
+
+
 def _result_line(result: ArchResult) -> str:
     if not result.ok:
         return f"{result.arch.arch_id}  FAILED ({result.error}): {result.message}"
