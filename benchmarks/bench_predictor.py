@@ -6,7 +6,7 @@ Without `--data`, generated rows (`predictor.synthetic`) stand in for a measured
 pass the bundled dataset to get the acceptance figures. Every model is trained on the
 80% of HAT's seeded split and scored on the same 10% test rows, on the full data and on
 its HAT-format view (HAT's 14 columns only); learning curves, 5-fold cross-validation of
-the default model, transfer to a second device (k = 10 and 20 rows, against the default
+the default model, a drift check (residuals against measurement order), transfer to a second device (k = 10 and 20 rows, against the default
 model fitted on those rows alone) and batch prediction throughput on one core follow.
 Results go to one JSON file, the picture next to it.
 """
@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,6 +70,22 @@ def throughput(df: pd.DataFrame, models: list[str], params: dict, n_archs: int, 
                          "batch_125_ms": round(1e3 * small, 3)}
             log.info("%s: %.0f archs/s, %.2f ms per 125", name, n_archs / best, 1e3 * small)
     return out
+
+
+def drift_check(df: pd.DataFrame, seed: int) -> dict | None:
+    """Does the machine drift during the collection? Spearman's rho between the measurement
+    order and the relative residual of the default model fitted on every row, and the mean
+    residual of the first and last fifth of the rows (0 and 0 when nothing drifts)."""
+    if "measured_at" not in df.columns:
+        return None
+    order = pd.to_datetime(df["measured_at"]).rank(method="first").to_numpy()
+    pred = train_predictor(df, DEFAULT_MODEL, seed=seed)
+    residual = pred.predict_frame(df)["predicted_ms"].to_numpy() / df["latency_ms"].to_numpy(float) - 1
+    fifth = len(df) // 5
+    by_order = residual[np.argsort(order)]
+    return {"spearman_order_vs_residual": float(spearmanr(order, residual).statistic),
+            "mean_residual_first_fifth": float(by_order[:fifth].mean()),
+            "mean_residual_last_fifth": float(by_order[-fifth:].mean())}
 
 
 def _timed(fn, arg) -> float:
@@ -131,7 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     plot_evaluation(comparison, curve, str(plot_path))
     results["plot"] = plot_path.name
 
-    new = (read_dataset(args.transfer_data) if args.transfer_data
+    results["drift"] = None if generated else drift_check(df, args.seed)
+    log.info("drift: %s", results["drift"])
+
+    new = (read_dataset(args.transfer_data, args.statistic) if args.transfer_data
            else synthetic_frame(300, args.seed + 1, "synthetic-pi") if generated else None)
     if new is not None:
         base = train_predictor(df, DEFAULT_MODEL, seed=args.seed)

@@ -1,15 +1,15 @@
 """Evolutionary vs random search with the same number of evaluated candidates, over seeds.
 
 Fitness is the bundled supernet's validation loss with inherited weights. Latency comes from
-a predictor file (--predictor, predictor.persistence format) or, by default, from the analytic
-MAC count of HAT's latency workload read as "ms" (MACs / 1e6): a stand-in with the right
-ordering, enough to compare strategies. The limit defaults to half the largest
-SubTransformer's latency. Writes benchmarks/results/search_vs_random.json.
+the default predictor trained on a latency CSV (--data), a predictor file (--predictor,
+predictor.persistence format) or, by default, the analytic MAC count of HAT's latency
+workload read as "ms" (MACs / 1e6): a stand-in with the right ordering. The limit defaults
+to half the largest SubTransformer's predicted latency. Writes
+benchmarks/results/search_vs_random.json.
 
-    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/bench_search.py --seeds 0,1,2
-    # HAT's default budget, timed (the issue's 15-minute acceptance figure):
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_search.py --seeds 0 --iterations 30 \
-        --population 125 --score-sentences 64 --threads 2 --out benchmarks/results/search_default.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_search.py --seeds 0,1,2
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_search.py --data datasets/compact_local.csv \
+        --seeds 0,1,2,3,4 --iterations 10 --population 50 --out benchmarks/results/search_vs_random_predictor.json
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ RESULTS = Path(__file__).parent / "results" / "search_vs_random.json"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supernet", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--predictor", default=None)
+    parser.add_argument("--predictor", default=None, help="predictor file")
+    parser.add_argument("--data", default=None, help="latency CSV to train the default predictor on")
     parser.add_argument("--limit-fraction", type=float, default=0.5)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--iterations", type=int, default=10)
@@ -48,14 +49,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     net, header = load_checkpoint(args.supernet)
     space = net.space
-    if args.predictor:
+    if args.predictor or args.data:
+        from predictor import train_predictor
         from predictor.persistence import load_predictor
+        from profiler.dataset import read_dataset
 
-        model = load_predictor(args.predictor)
+        model = load_predictor(args.predictor) if args.predictor else train_predictor(read_dataset(args.data))
 
         def latency_fn(archs):
             return model.predict_archs(list(archs)).tolist()
-        latency_source = args.predictor
+        latency_source = args.predictor or f"default predictor trained on {Path(args.data).name}"
     else:
         def latency_fn(archs):
             return [count_macs(a, space)["total"] / 1e6 for a in archs]

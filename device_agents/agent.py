@@ -47,7 +47,8 @@ carries ``Retry-After``. No response ever carries a traceback.
 Limits: one measurement (or validation) at a time, because concurrent runs distort each
 other's timings; up to ``--queue`` requests wait up to ``--queue-wait`` seconds for their
 turn, the rest get 503 busy. Each measurement runs in a separate worker process that is
-killed after ``--time-limit`` seconds (504 ``timeout``). JSON bodies are at most 1 MiB,
+killed after ``--time-limit`` seconds (504 ``timeout``)
+and renewed every 75 timed rounds. JSON bodies are at most 1 MiB,
 uploads at most ``--max-upload-mb`` (413); at most ``--max-connections`` connections at once.
 """
 from __future__ import annotations

@@ -5,7 +5,10 @@ agent starts with `spawn` and talks to over a pipe in JSON (nothing pickled). Th
 agent kills it when a call exceeds the time limit, and starts a new one on the next
 call, so a model that hangs or crashes the runtime costs one error response, not
 the agent. Holding the process between calls keeps onnxruntime loaded and lets the
-timing target stay pinned to its CPUs.
+timing target stay pinned to its CPUs; after `RECYCLE_ROUNDS` timed rounds it is
+replaced by a fresh one, because a long-lived measuring process slows down.
+
+`WorkerTarget` gives `hatprof measure` the same worker for local measurements.
 """
 from __future__ import annotations
 
@@ -18,11 +21,17 @@ from typing import Any
 
 from device_agents.validate import ValidationError, validate
 from device_agents.wire import WireError
-from profiler.errors import HatprofError
+from profiler.errors import DeviceError, HatprofError
 
 logger = logging.getLogger(__name__)
 
 _KILL_GRACE_S = 5.0
+#: Timed rounds one worker process serves before a fresh one takes over (25 architectures
+#: of 3 rounds). On the development VM a single process measuring 500 architectures got
+#: slower as it went (its last rows 6-10% slow against a fresh process; the residuals of a
+#: predictor fitted on them fell with measurement order, Spearman -0.83); a fresh process
+#: per 25 architectures showed no such trend (README, "Measuring for long").
+RECYCLE_ROUNDS = 75
 
 
 class _Worker:
@@ -71,9 +80,11 @@ class _Worker:
         target = self.target(request["threads"])
         pair = target.measure_round(Path(request["dir"]), request["format"], request["seq_len"],
                                     request["beam"], request["warmup"], request["runs"])
-        statistics = {part: Measurement.from_rounds([getattr(pair, part)], request["trim"]).summary()
-                      for part in ("encoder", "decoder")}
-        return {"result": pair.to_dict(), "statistics": statistics}
+        reply: dict[str, Any] = {"result": pair.to_dict()}
+        if "trim" in request:
+            reply["statistics"] = {part: Measurement.from_rounds([getattr(pair, part)], request["trim"]).summary()
+                                   for part in ("encoder", "decoder")}
+        return reply
 
     def close(self) -> None:
         if self.current is not None:
@@ -103,9 +114,9 @@ def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, A
         while True:
             try:
                 request = json.loads(conn.recv_bytes())
-            except EOFError:
+                conn.send_bytes(json.dumps(_reply(request, worker)).encode())
+            except (EOFError, BrokenPipeError):  # the parent closed the pipe or died
                 break
-            conn.send_bytes(json.dumps(_reply(request, worker)).encode())
     finally:
         worker.close()
 
@@ -116,12 +127,14 @@ class WorkerHandle:
     Not thread-safe: the agent calls it with its device lock held.
     """
 
-    def __init__(self, config: dict[str, Any], redact: str = "") -> None:
+    def __init__(self, config: dict[str, Any], redact: str = "", recycle_rounds: int = RECYCLE_ROUNDS) -> None:
         self.config = config
+        self.recycle_rounds = recycle_rounds
         self._redact = redact
         self._ctx = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
+        self._rounds = 0
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
@@ -130,13 +143,24 @@ class WorkerHandle:
         self._process.start()
         child.close()
         self._conn = parent
+        self._rounds = 0
         logger.info("started worker process %d", self._process.pid)
 
-    def call(self, request: dict[str, Any], time_limit_s: float) -> Any:
-        """Send one request; its value, or `WireError` with the worker's error code."""
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id, None while none runs."""
+        return self._process.pid if self._process is not None else None
+
+    def call(self, request: dict[str, Any], time_limit_s: float | None) -> Any:
+        """Send one request (`time_limit_s` None: no limit); its value, or `WireError` with
+        the worker's error code."""
+        if request["op"] == "measure" and self._rounds >= self.recycle_rounds:
+            self.stop()
         if self._process is None or not self._process.is_alive():
             self.stop()
             self._start()
+        if request["op"] == "measure":
+            self._rounds += 1
         assert self._conn is not None
         try:
             self._conn.send_bytes(json.dumps(request).encode())
@@ -172,3 +196,37 @@ class WorkerHandle:
         if process.is_alive():
             process.kill()
             process.join()
+
+
+class WorkerTarget:
+    """Measures on this machine like `profiler.target.LocalTarget`, but in a worker process
+    (pinned to `cpus`, or to `threads` CPUs chosen as LocalTarget does) that is replaced
+    by a fresh one every `recycle_rounds` rounds; this process is never pinned."""
+
+    name = "local"
+
+    def __init__(self, threads: int = 1, cpus: set[int] | None = None, recycle_rounds: int = RECYCLE_ROUNDS):
+        self.threads = threads
+        self.worker = WorkerHandle({"cpus": sorted(cpus) if cpus else None,
+                                    "log_level": logging.getLogger().getEffectiveLevel()},
+                                   recycle_rounds=recycle_rounds)
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        try:
+            return self.worker.call({**request, "threads": self.threads}, None)
+        except WireError as exc:
+            raise DeviceError(f"local measuring process: {exc}") from None
+
+    def info(self) -> dict[str, Any]:
+        return self._call({"op": "info"})
+
+    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int, warmup: int, runs: int):
+        """One round in the worker: a `profiler.target.RoundPair`."""
+        from profiler.target import RoundPair
+
+        reply = self._call({"op": "measure", "dir": str(Path(artifact_dir).resolve()), "format": fmt,
+                            "seq_len": seq_len, "beam": beam, "warmup": warmup, "runs": runs})
+        return RoundPair.from_dict(reply["result"])
+
+    def close(self) -> None:
+        self.worker.stop()

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import click
 
-from profiler.commands.measure import run_measure
+from profiler.commands.measure import open_device, run_measure
 from profiler.measure import MeasureJob
 from profiler.options import protocol_options
 from profiler.protocol import TimingProtocol
 from profiler.space import load_space
-from profiler.target import LocalTarget
 
 BUNDLED_DATASET = Path(__file__).resolve().parents[2] / "datasets" / "compact_local.csv"
 
@@ -44,7 +43,7 @@ def demo(ctx: click.Context, out: Path, samples: int, iterations: int, populatio
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "local.csv"
     click.echo(f"1/4 measuring {samples} compact SubTransformers on this machine")
-    target = LocalTarget(threads=protocol.threads)
+    target, protocol = open_device("local", protocol)
     try:
         run_measure(space.sample_many(samples, seed=0), MeasureJob(space=space, protocol=protocol),
                     target, csv_path, resume=csv_path.exists(), device="local")

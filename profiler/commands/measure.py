@@ -13,18 +13,21 @@ from profiler.options import (cache_dir_option, cpus_option, format_option, inte
                               retry_unstable_option, seed_option, space_option)
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
-from profiler.target import LocalTarget, MeasureTarget
+from profiler.target import MeasureTarget
 
 
 def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None = None,
                 inventory: str | None = None) -> tuple[MeasureTarget, TimingProtocol]:
-    """`local`, or a device named in the inventory, and the protocol it times with.
+    """`local` (timed in a worker process, renewed every `RECYCLE_ROUNDS` rounds), or a device
+    named in the inventory, and the protocol it times with.
 
     A device of the inventory times with the inventory's `threads` (as `hatprof collect`
     does), so one device's files never disagree on it.
     """
     if name == "local":
-        return LocalTarget(threads=protocol.threads, cpus=cpus), protocol
+        from device_agents.worker import WorkerTarget
+
+        return WorkerTarget(threads=protocol.threads, cpus=cpus), protocol
     try:
         from device_agents.inventory import load_inventory
     except ModuleNotFoundError:
