@@ -4,7 +4,9 @@ A target times one round (warm-up plus a block of timed runs of the encoder, the
 the decoder) of an exported artifact. `LocalTarget` does it in this process, pinned to
 explicit CPUs with an explicit thread count; the device agent serves a `LocalTarget`
 over HTTP and `device_agents.client.RemoteTarget` speaks to it with the same methods,
-so local and remote measurements take the same code path.
+so local and remote measurements take the same code path. `hatprof measure` runs its
+`LocalTarget` in a worker process renewed every few dozen rounds
+(`device_agents.worker.WorkerTarget`), as the agent does.
 
 Torch-free: ONNX artifacts run with onnxruntime alone; TorchScript and eager runners
 are imported only when asked for.
