@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,8 +31,8 @@ from profiler.space import HAT_FEATURES, load_space  # noqa: E402
 from predictor.core import (DEFAULT_MODEL, MODELS, fit_prepared, library_versions,  # noqa: E402
                             model_spec, prepare)
 from predictor.data import ARCH_COLUMN  # noqa: E402
-from predictor.evaluation import (cross_validate, learning_curve, plot_evaluation,  # noqa: E402
-                                  run_comparison)
+from predictor.evaluation import (cross_validate, learning_curve, order_drift,  # noqa: E402
+                                  plot_evaluation, run_comparison)
 from predictor.synthetic import synthetic_frame  # noqa: E402
 from predictor.transfer import evaluate_transfer  # noqa: E402
 from predictor import train_predictor  # noqa: E402
@@ -70,22 +68,6 @@ def throughput(df: pd.DataFrame, models: list[str], params: dict, n_archs: int, 
                          "batch_125_ms": round(1e3 * small, 3)}
             log.info("%s: %.0f archs/s, %.2f ms per 125", name, n_archs / best, 1e3 * small)
     return out
-
-
-def drift_check(df: pd.DataFrame, seed: int) -> dict | None:
-    """Does the machine drift during the collection? Spearman's rho between the measurement
-    order and the relative residual of the default model fitted on every row, and the mean
-    residual of the first and last fifth of the rows (0 and 0 when nothing drifts)."""
-    if "measured_at" not in df.columns:
-        return None
-    order = pd.to_datetime(df["measured_at"]).rank(method="first").to_numpy()
-    pred = train_predictor(df, DEFAULT_MODEL, seed=seed)
-    residual = pred.predict_frame(df)["predicted_ms"].to_numpy() / df["latency_ms"].to_numpy(float) - 1
-    fifth = len(df) // 5
-    by_order = residual[np.argsort(order)]
-    return {"spearman_order_vs_residual": float(spearmanr(order, residual).statistic),
-            "mean_residual_first_fifth": float(by_order[:fifth].mean()),
-            "mean_residual_last_fifth": float(by_order[-fifth:].mean())}
 
 
 def _timed(fn, arg) -> float:
@@ -149,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot_evaluation(comparison, curve, str(plot_path))
     results["plot"] = plot_path.name
 
-    results["drift"] = None if generated else drift_check(df, args.seed)
+    results["drift"] = None if generated else order_drift(df, seed=args.seed)
     log.info("drift: %s", results["drift"])
 
     new = (read_dataset(args.transfer_data, args.statistic) if args.transfer_data

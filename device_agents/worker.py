@@ -28,9 +28,8 @@ logger = logging.getLogger(__name__)
 _KILL_GRACE_S = 5.0
 #: Timed rounds one worker process serves before a fresh one takes over (25 architectures
 #: of 3 rounds). On the development VM a single process measuring 500 architectures got
-#: slower as it went (its last rows 6-10% slow against a fresh process; the residuals of a
-#: predictor fitted on them fell with measurement order, Spearman -0.83); a fresh process
-#: per 25 architectures showed no such trend (README, "Measuring for long").
+#: slower as it went (its minima 14-23% above a fresh process's by the last 100 rows); a
+#: fresh process per 25 architectures showed no such trend (benchmarks/bench_drift.py).
 RECYCLE_ROUNDS = 75
 
 

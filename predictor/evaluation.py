@@ -1,4 +1,5 @@
-"""How good a latency model is on given data: split comparison, k-fold CV, learning curve.
+"""How good a latency model is on given data: split comparison, k-fold CV, learning curve,
+and whether the data drifted while it was measured.
 
 Every figure is measured on rows the model did not see, in the metrics of
 `predictor.metrics` (RMSE in ms, MAPE and RMSPE in %, shares within +-5%/+-10%, Kendall's
@@ -13,10 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from profiler.errors import PredictorError
 
-from predictor.core import MIN_ROWS, MODELS, Prepared, fit_prepared, model_spec, prepare
+from predictor.core import (DEFAULT_MODEL, MIN_ROWS, MODELS, Prepared, fit_prepared, model_spec, prepare,
+                            train_predictor)
 from predictor.metrics import kfold_indices, latency_metrics, split_indices
 
 log = logging.getLogger(__name__)
@@ -160,3 +163,20 @@ def plot_evaluation(comparison: Comparison, curve: pd.DataFrame | None, path: st
         fig.savefig(path, dpi=110)
     except OSError as exc:
         raise PredictorError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+
+
+def order_drift(df: pd.DataFrame, model: str = DEFAULT_MODEL, seed: int = 0) -> dict[str, float] | None:
+    """Did the device drift during the collection? Spearman's rho between the measurement
+    order (`measured_at`) and the relative residual of `model` fitted on every row, and the
+    mean residual of the first and last fifth of the rows: all near 0 when nothing drifted,
+    negative rho when later rows were measured slower. None without `measured_at`."""
+    if "measured_at" not in df.columns:
+        return None
+    order = pd.to_datetime(df["measured_at"]).rank(method="first").to_numpy()
+    predicted = train_predictor(df, model, seed=seed).predict_frame(df)["predicted_ms"].to_numpy()
+    residual = predicted / df["latency_ms"].to_numpy(dtype=float) - 1
+    by_order = residual[np.argsort(order)]
+    fifth = max(1, len(df) // 5)
+    return {"spearman_order_vs_residual": float(stats.spearmanr(order, residual).statistic),
+            "mean_residual_first_fifth": float(by_order[:fifth].mean()),
+            "mean_residual_last_fifth": float(by_order[-fifth:].mean())}

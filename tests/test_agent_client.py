@@ -9,17 +9,9 @@ import pytest
 
 from _agent_support import SMALL, TOKEN, start_agent
 from device_agents.client import AgentClient, AgentError, AgentUnavailable, PoolTarget, RemoteTarget
-from profiler.artifacts import get_artifact
 from profiler.errors import DeviceError
-from profiler.space import load_space
 
 SETTINGS = {k: SMALL[k] for k in ("seq_len", "beam", "warmup", "runs")}
-
-
-@pytest.fixture(scope="module")
-def artifact():
-    space = load_space("compact")
-    return get_artifact(space.smallest(), space, "onnx")
 
 
 def _free_port() -> int:

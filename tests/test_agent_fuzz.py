@@ -10,20 +10,12 @@ import pytest
 from _agent_support import SMALL, TOKEN, raw, start_agent
 from device_agents.client import AgentClient
 from device_agents.wire import ERROR_STATUS, FILE_KINDS
-from profiler.artifacts import get_artifact
-from profiler.space import load_space
 
 N_REQUESTS = 300
 _BAD_VALUES = [-1, 0, "x", None, 1e300, [], {}, True, 10 ** 20, 0.5, "NaN", [1, 2], {"a": 1}, ""]
 _PATHS = ["/v1/measure", "/v1/info", "/v1/health", "/v1/artifacts/{sha}/{name}", "/v1/artifacts/{sha}",
           "/v1/artifacts//{name}", "/", "/v1", "/v2/measure", "/v1/measure?x=1", "/v1/info?threads=-3",
           "/v1/info?threads=1&threads=2", "/v1/../v1/info", "//v1/info", "/v1/artifacts/{sha}/{name}/x"]
-
-
-@pytest.fixture(scope="module")
-def artifact():
-    space = load_space("compact")
-    return get_artifact(space.smallest(), space, "onnx")
 
 
 def _valid_body(artifact) -> dict:

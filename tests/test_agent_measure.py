@@ -9,18 +9,10 @@ import pytest
 
 from _agent_support import SMALL, TOKEN, spawn_agent, start_agent, stop_process
 from device_agents.client import AgentClient, RemoteTarget
-from profiler.artifacts import get_artifact
 from profiler.protocol import Measurement
-from profiler.space import load_space
 from profiler.target import LocalTarget, RoundPair
 
 SETTINGS = {k: SMALL[k] for k in ("seq_len", "beam", "warmup", "runs")}
-
-
-@pytest.fixture(scope="module")
-def artifact():
-    space = load_space("compact")
-    return get_artifact(space.smallest(), space, "onnx")
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from _agent_support import SMALL, TOKEN, raw, request, start_agent, wait_until
 from device_agents.client import AgentClient
 from device_agents.wire import ERROR_STATUS
-from profiler.artifacts import get_artifact
-from profiler.space import load_space
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def artifact():
-    space = load_space("compact")
-    return get_artifact(space.smallest(), space, "onnx")
 
 
 @pytest.fixture(scope="module")

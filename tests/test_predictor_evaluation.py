@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from profiler.errors import PredictorError
-from predictor.evaluation import (compare, cross_validate, learning_curve, learning_sizes,
+from predictor.evaluation import (compare, cross_validate, learning_curve, learning_sizes, order_drift,
                                   plot_evaluation, run_comparison)
 from predictor.metrics import METRIC_KEYS, kfold_indices, latency_metrics, split_indices
 from predictor.synthetic import synthetic_frame
@@ -94,3 +94,18 @@ def test_plot_writes_a_png(frame, tmp_path):
     path = tmp_path / "eval.png"
     plot_evaluation(comparison, curve, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_order_drift_sees_a_device_slowing_down_and_nothing_without_it():
+    df = synthetic_frame(300, 3)
+    df["measured_at"] = pd.date_range("2026-01-01", periods=len(df), freq="s").strftime("%Y-%m-%dT%H:%M:%S")
+    steady = order_drift(df)
+    slowing = df.copy()
+    factor = 1 + 0.2 * np.arange(len(df)) / len(df)  # the last rows 20% slow
+    for column in ("latency_mean_encoder", "latency_mean_decoder", "latency_ms"):
+        slowing[column] = df[column] * factor
+    drifted = order_drift(slowing)
+    assert abs(steady["spearman_order_vs_residual"]) < 0.2
+    assert drifted["spearman_order_vs_residual"] < -0.6
+    assert drifted["mean_residual_first_fifth"] > 0.05 > -0.05 > drifted["mean_residual_last_fifth"]
+    assert order_drift(df.drop(columns="measured_at")) is None

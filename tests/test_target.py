@@ -20,13 +20,9 @@ def test_local_target_pins_then_restores_affinity():
     assert os.sched_getaffinity(0) == before
 
 
-def test_worker_target_measures_in_a_pinned_child_renewed_every_few_rounds():
+def test_worker_target_measures_in_a_pinned_child_renewed_every_few_rounds(artifact):
     from device_agents.worker import WorkerTarget
-    from profiler.artifacts import get_artifact
-    from profiler.space import load_space
 
-    space = load_space("compact")
-    artifact = get_artifact(space.smallest(), space, "onnx")
     before = current_affinity()
     cpu = max(before)
     target = WorkerTarget(threads=1, cpus={cpu}, recycle_rounds=2)
