@@ -25,6 +25,19 @@ from profiler.errors import ProtocolError
 logger = logging.getLogger(__name__)
 
 _CPUINFO_MODEL_KEYS = ("model name", "Model", "Hardware", "Processor", "cpu model")
+#: Board names in /proc/cpuinfo on ARM, most specific first (the device tree's model comes before them).
+_CPUINFO_BOARD_KEYS = ("Model", "Hardware")
+#: ARM core names by /proc/cpuinfo's (`CPU implementer`, `CPU part`): the cores of common boards.
+_ARM_CORES = {
+    ("0x41", "0xb76"): "ARM1176", ("0x41", "0xc07"): "Cortex-A7", ("0x41", "0xc09"): "Cortex-A9",
+    ("0x41", "0xc0f"): "Cortex-A15", ("0x41", "0xd03"): "Cortex-A53", ("0x41", "0xd04"): "Cortex-A35",
+    ("0x41", "0xd05"): "Cortex-A55", ("0x41", "0xd07"): "Cortex-A57", ("0x41", "0xd08"): "Cortex-A72",
+    ("0x41", "0xd09"): "Cortex-A73", ("0x41", "0xd0a"): "Cortex-A75", ("0x41", "0xd0b"): "Cortex-A76",
+    ("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd0d"): "Cortex-A77", ("0x41", "0xd40"): "Neoverse-V1",
+    ("0x41", "0xd41"): "Cortex-A78", ("0x41", "0xd44"): "Cortex-X1", ("0x41", "0xd46"): "Cortex-A510",
+    ("0x41", "0xd47"): "Cortex-A710", ("0x41", "0xd48"): "Cortex-X2", ("0x41", "0xd49"): "Neoverse-N2",
+    ("0x41", "0xd4b"): "Cortex-A78C", ("0x41", "0xd4f"): "Neoverse-V2", ("0x4e", "0x004"): "NVIDIA Carmel",
+}
 #: Distribution names onnxruntime ships under.
 _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 
@@ -109,20 +122,54 @@ def default_cpus(threads: int) -> set[int]:
 
 
 def _read_text(path: str | Path) -> str | None:
-    try:
-        return Path(path).read_text().strip()
+    try:  # device-tree strings end in NUL
+        return Path(path).read_text(errors="replace").replace("\x00", "").strip()
     except OSError:
         return None
 
 
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo, else what `platform` knows."""
-    text = _read_text("/proc/cpuinfo") or ""
-    fields: dict[str, str] = {}
+def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
+    """/proc/cpuinfo as its blank-line separated blocks of `key: value` lines."""
+    blocks: list[dict[str, str]] = [{}]
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
+        if not line.strip():
+            blocks.append({})
+        elif sep:
+            blocks[-1].setdefault(key.strip(), value.strip())
+    return [block for block in blocks if block]
+
+
+def _arm_cores(blocks: list[dict[str, str]]) -> str | None:
+    """ "4x Cortex-A55 + 4x Cortex-A76" from the `CPU implementer`/`CPU part` of each core."""
+    counts: dict[str, int] = {}
+    for block in blocks:
+        if "CPU part" in block:
+            key = (block.get("CPU implementer", "").lower(), block["CPU part"].lower())
+            name = _ARM_CORES.get(key, f"CPU implementer {key[0]} part {key[1]}")
+            counts[name] = counts.get(name, 0) + 1
+    return " + ".join(f"{n}x {name}" for name, n in counts.items()) or None
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo",
+              device_tree_model: str | Path = "/proc/device-tree/model") -> str:
+    """The CPU's name from /proc/cpuinfo, else what `platform` knows.
+
+    ARM kernels name no CPU model (or a vague "ARMv7 Processor"), so on ARM it is the
+    board (the device tree's model, else cpuinfo's `Model` or `Hardware`) and its cores
+    from their `CPU part` numbers: "Raspberry Pi 4 Model B Rev 1.4, 4x Cortex-A72".
+    The paths are parameters so that tests can read fake files.
+    """
+    blocks = _cpuinfo_blocks(_read_text(cpuinfo) or "")
+    fields: dict[str, str] = {}
+    for block in blocks:
+        for key, value in block.items():
+            fields.setdefault(key, value)
+    cores = _arm_cores(blocks)
+    if cores is not None:
+        board = _read_text(device_tree_model) or next(
+            (fields[key] for key in _CPUINFO_BOARD_KEYS if fields.get(key)), None)
+        return f"{board}, {cores}" if board else cores
     for key in _CPUINFO_MODEL_KEYS:
         if fields.get(key):
             return fields[key]

@@ -164,3 +164,67 @@ def test_snapshot_fields():
 def test_environment_rejects_bad_arguments(threads, cpus):
     with pytest.raises(ProtocolError):
         collect_environment(threads, cpus, {})
+
+
+def _arm_block(n: int, part: str, implementer: str = "0x41", name: str | None = None) -> str:
+    lines = [f"processor\t: {n}"]
+    if name:
+        lines.append(f"model name\t: {name}")
+    lines += ["BogoMIPS\t: 108.00", "Features\t: fp asimd evtstrm crc32 cpuid",
+              f"CPU implementer\t: {implementer}", "CPU architecture: 8", "CPU variant\t: 0x0",
+              f"CPU part\t: {part}", "CPU revision\t: 3"]
+    return "\n".join(lines) + "\n"
+
+
+#: /proc/cpuinfo of a Raspberry Pi 4 on 64-bit Raspberry Pi OS (four Cortex-A72 blocks, then the board).
+PI4_CPUINFO = "\n".join(_arm_block(n, "0xd08") for n in range(4)) + (
+    "\nHardware\t: BCM2835\nRevision\t: c03114\nSerial\t\t: 10000000a1b2c3d4\n"
+    "Model\t\t: Raspberry Pi 4 Model B Rev 1.4\n")
+#: A 32-bit Raspberry Pi 3 kernel names every core "ARMv7 Processor", which says little.
+PI3_CPUINFO = "\n".join(_arm_block(n, "0xd03", name="ARMv7 Processor rev 4 (v7l)") for n in range(4)) + (
+    "\nHardware\t: BCM2835\nRevision\t: a02082\nModel\t\t: Raspberry Pi 3 Model B Rev 1.2\n")
+#: An RK3588 board: four Cortex-A55 and four Cortex-A76, no Model line in cpuinfo.
+RK3588_CPUINFO = "\n".join([*(_arm_block(n, "0xd05") for n in range(4)),
+                            *(_arm_block(n, "0xd0b") for n in range(4, 8))])
+
+
+def _fake(tmp_path, cpuinfo: str, device_tree: bytes | None = None):
+    info = tmp_path / "cpuinfo"
+    info.write_text(cpuinfo)
+    model = tmp_path / "device-tree-model"
+    if device_tree is not None:
+        model.write_bytes(device_tree)
+    return {"cpuinfo": info, "device_tree_model": model}
+
+
+def test_arm_board_and_cores_from_cpuinfo_and_the_device_tree(tmp_path):
+    from profiler.metadata import cpu_model
+
+    paths = _fake(tmp_path, PI4_CPUINFO, b"Raspberry Pi 4 Model B Rev 1.4\x00")
+    assert cpu_model(**paths) == "Raspberry Pi 4 Model B Rev 1.4, 4x Cortex-A72"
+
+
+def test_arm_board_from_cpuinfo_when_there_is_no_device_tree(tmp_path):
+    from profiler.metadata import cpu_model
+
+    assert cpu_model(**_fake(tmp_path, PI4_CPUINFO)) == "Raspberry Pi 4 Model B Rev 1.4, 4x Cortex-A72"
+    assert cpu_model(**_fake(tmp_path, PI3_CPUINFO)) == "Raspberry Pi 3 Model B Rev 1.2, 4x Cortex-A53"
+
+
+def test_big_little_cores_are_all_named(tmp_path):
+    from profiler.metadata import cpu_model
+
+    paths = _fake(tmp_path, RK3588_CPUINFO, b"Radxa ROCK 5B\x00")
+    assert cpu_model(**paths) == "Radxa ROCK 5B, 4x Cortex-A55 + 4x Cortex-A76"
+    (tmp_path / "other").mkdir()
+    unknown = _fake(tmp_path / "other", _arm_block(0, "0x123", implementer="0x99"))
+    assert cpu_model(**unknown) == "1x CPU implementer 0x99 part 0x123"
+
+
+def test_x86_keeps_the_model_name_line(tmp_path):
+    from profiler.metadata import cpu_model
+
+    cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n"
+    assert cpu_model(**_fake(tmp_path, cpuinfo)) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
+    missing = {"cpuinfo": tmp_path / "absent", "device_tree_model": tmp_path / "absent-too"}
+    assert cpu_model(**missing) == (platform.processor() or platform.machine())
