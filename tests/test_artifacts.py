@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,49 @@ def test_directory_without_manifest_is_refused(tmp_path):
     (tmp_path / artifacts.artifact_key(SMALL, SPACE, "onnx")).mkdir()
     with pytest.raises(ArtifactError, match="no manifest"):
         artifacts.get_artifact(SMALL, SPACE, "onnx", cache_dir=tmp_path)
+
+
+def _fake_export(arch, space, fmt, out_dir, seed=0):
+    (out_dir / MANIFEST_NAME).write_text("{}")
+
+
+_HOLD_A_TMP = """
+import sys, time
+from pathlib import Path
+from profiler.artifacts import _new_tmp
+tmp, lock = _new_tmp(Path(sys.argv[1]))
+print(tmp.name, flush=True)
+time.sleep(600)
+"""
+
+
+def test_tmp_folders_of_a_killed_exporter_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.Popen([sys.executable, "-c", _HOLD_A_TMP, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    live = subprocess.Popen([sys.executable, "-c", _HOLD_A_TMP, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        killed_name, live_name = killed.stdout.readline().strip(), live.stdout.readline().strip()
+        assert killed_name.startswith(".tmp-") and live_name.startswith(".tmp-")
+        killed.kill()
+        killed.wait()
+        (tmp_path / ".tmp-old-unlocked").mkdir()  # left by a version without locks, long ago
+        old = time.time() - 2 * 3600
+        os.utime(tmp_path / ".tmp-old-unlocked", (old, old))
+        (tmp_path / ".tmp-new-unlocked").mkdir()  # an exporter between mkdtemp and its lock
+        monkeypatch.setattr(export, "export_arch", _fake_export)
+        final = artifacts.get_artifact(SMALL, SPACE, "onnx", cache_dir=tmp_path)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted([final.name, live_name, f"{live_name}.lock", ".tmp-new-unlocked"])
+    finally:
+        for process in (killed, live):
+            process.kill()
+            process.wait()
+            process.stdout.close()
+    assert artifacts.clean_stale_tmp(tmp_path) == [tmp_path / live_name]  # its exporter is gone now
