@@ -24,15 +24,16 @@ from pathlib import Path
 
 import torch
 
-from nas.cli import DEFAULT_CHECKPOINT, REFERENCE_SENTENCES
-from nas.evaluate import LossScorer, bleu
+from nas.evaluate import REFERENCE_SENTENCES, LossScorer, bleu
 from nas.evolution import EvolutionStrategy
 from nas.measured import measure_inherited
 from nas.search import run_search
 from nas.train import checkpoint_corpus, load_checkpoint
 from predictor import train_predictor
+from profiler.bundled import CHECKPOINT, DATASET, bundled_path
 from profiler.dataset import read_dataset
 from profiler.protocol import TimingProtocol
+from profiler.worker import WorkerTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "search_e2e.json"
@@ -47,8 +48,8 @@ def _quality(net, arch, reference, test, vocab) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--supernet", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--data", default=str(ROOT / "datasets" / "compact_local.csv"))
+    parser.add_argument("--supernet", default=str(bundled_path(CHECKPOINT)))
+    parser.add_argument("--data", default=str(bundled_path(DATASET)))
     parser.add_argument("--statistics", default="trimmed-mean,min")
     parser.add_argument("--limit-fraction", type=float, default=0.5)
     parser.add_argument("--seeds", default="0")
@@ -76,12 +77,13 @@ def main() -> None:
     largest_quality = {"fitness_loss": scorer([largest])[0],
                        **_quality(net, largest, reference, test, corpus.tgt_vocab)}
     protocol = TimingProtocol()
+    target = WorkerTarget(threads=protocol.threads, cpus=cpus)
 
     runs = []
     for statistic in args.statistics.split(","):
         predictor = train_predictor(read_dataset(args.data, statistic))
         csv = work / f"measured_{statistic}.csv"
-        largest_ms = measure_inherited(net, [largest], "local", protocol, csv, statistic, cpus)[largest.arch_id]
+        largest_ms = measure_inherited(net, [largest], target, protocol, csv, "local", statistic)[largest.arch_id]
         limit = args.limit_fraction * largest_ms
         log.info("%s: largest measured %.2f ms, limit %.2f ms", statistic, largest_ms, limit)
         searches = []
@@ -92,8 +94,8 @@ def main() -> None:
                                 args.iterations)
             searches.append({"seed": seed, "result": result, "elapsed_s": time.perf_counter() - wall,
                              "cpu_s": time.process_time() - cpu})
-        measured = measure_inherited(net, [s["result"].best.arch for s in searches], "local", protocol, csv,
-                                     statistic, cpus)
+        measured = measure_inherited(net, [s["result"].best.arch for s in searches], target, protocol, csv,
+                                     "local", statistic)
         winners = []
         for s in searches:
             best = s["result"].best
@@ -129,6 +131,7 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    target.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")

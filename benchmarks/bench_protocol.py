@@ -97,7 +97,7 @@ def overhead(args: argparse.Namespace) -> dict:
     from profiler.dataset import raw_path_for
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = [sys.executable, "-m", "profiler", "measure", "--samples", str(args.samples),
+        base = [sys.executable, "-m", "hatprof", "measure", "--samples", str(args.samples),
                 "--seed", str(args.arch_seed), "--runs", str(args.runs)]
         subprocess.run([*base, "--out", f"{tmp}/warm.csv"], check=True, capture_output=True)
         start = time.perf_counter_ns()

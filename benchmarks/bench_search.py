@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from nas.cli import DEFAULT_CHECKPOINT
 from nas.evaluate import LossScorer
 from nas.evolution import EvolutionStrategy, RandomStrategy
 from nas.search import run_search
 from nas.train import checkpoint_corpus, load_checkpoint
+from profiler.bundled import CHECKPOINT, bundled_path
 from profiler.cost import count_macs
 
 RESULTS = Path(__file__).parent / "results" / "search_vs_random.json"
@@ -34,7 +34,7 @@ RESULTS = Path(__file__).parent / "results" / "search_vs_random.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--supernet", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--supernet", default=str(bundled_path(CHECKPOINT)))
     parser.add_argument("--predictor", default=None, help="predictor file")
     parser.add_argument("--data", default=None, help="latency CSV to train the default predictor on")
     parser.add_argument("--limit-fraction", type=float, default=0.5)

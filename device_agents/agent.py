@@ -76,7 +76,7 @@ from device_agents.wire import (
     DEFAULT_PORT, ERROR_STATUS, FILE_KINDS, MEASURE_LIMITS, PREFIX, PROTOCOL_VERSION, TOKEN_ENV,
     WireError, is_sha256, parse_measure, read_token,
 )
-from device_agents.worker import WorkerHandle
+from device_agents.sandbox import AgentWorker
 from profiler.errors import HatprofError
 
 logger = logging.getLogger(__name__)
@@ -117,8 +117,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.store = BlobStore(config.cache_dir, config.max_cache_bytes)
-        self.worker = WorkerHandle({"cpus": config.cpus, "log_level": config.log_level},
-                                   redact=str(Path(config.cache_dir).resolve()))
+        self.worker = AgentWorker({"cpus": config.cpus, "log_level": config.log_level},
+                                  redact=str(Path(config.cache_dir).resolve()))
         self._device = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.queue + 1)
 

@@ -21,6 +21,9 @@ from profiler.space import ArchConfig
 
 logger = logging.getLogger(__name__)
 
+#: Validation and test sentences behind the reported loss and BLEU of finished candidates.
+REFERENCE_SENTENCES = 500
+
 
 def _nll(logits: Tensor, target: Tensor) -> tuple[float, int]:
     loss = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD, reduction="sum")

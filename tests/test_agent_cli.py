@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from _agent_support import REPO, SMALL, TOKEN, start_agent
 from device_agents.client import AgentClient, AgentError
 from profiler.artifacts import get_artifact
-from profiler.cli import cli
+from hatprof.cli import cli
 from profiler.space import load_space
 
 

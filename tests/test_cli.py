@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from profiler.cli import main
+from hatprof.cli import main
 from profiler.dataset import raw_path_for, read_dataset, recompute_from_raw
 from profiler.errors import DatasetError
 from profiler.space import load_space
@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, monkeypatch, capsys, args, 
 
 def test_killed_measure_resumes_without_loss_or_duplicates(tmp_path):
     out = tmp_path / "killed.csv"
-    cmd = [sys.executable, "-m", "profiler", "measure", "--samples", "6", "--seed", "11",
+    cmd = [sys.executable, "-m", "hatprof", "measure", "--samples", "6", "--seed", "11",
            "--interleave", "1", "--out", str(out), *TINY]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

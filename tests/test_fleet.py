@@ -16,7 +16,7 @@ from _agent_support import REPO, TOKEN, request, spawn_agent, start_agent, stop_
 from device_agents.fleet import collect, fleet_from_inventory
 from device_agents.inventory import load_inventory
 from profiler.artifacts import get_artifact
-from profiler.cli import cli
+from hatprof.cli import cli
 from profiler.dataset import raw_path_for, recompute_from_raw
 from profiler.measure import MeasureJob
 from profiler.protocol import TimingProtocol
@@ -159,7 +159,7 @@ def test_sigkill_of_the_coordinator_then_rerun_completes_exactly(tmp_path, agent
             "--seed", "3", "--out", str(out), "--interleave", "1",
             "--runs", "300", "--rounds", "2", "--warmup", "0", "--seq-len", "4", "--beam", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    coordinator = subprocess.Popen([sys.executable, "-c", "from profiler.cli import main; main()", *args],
+    coordinator = subprocess.Popen([sys.executable, "-c", "from hatprof.cli import main; main()", *args],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_until(lambda: _row_count(out / "pi.csv") >= 1 or coordinator.poll() is not None, timeout=120)

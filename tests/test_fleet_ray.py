@@ -12,7 +12,7 @@ from click.testing import CliRunner  # noqa: E402
 from _agent_support import REPO  # noqa: E402
 from device_agents.fleet import collect  # noqa: E402
 from device_agents.ray_backend import RayTarget, ray_fleet  # noqa: E402
-from profiler.cli import cli  # noqa: E402
+from hatprof.cli import cli  # noqa: E402
 from profiler.dataset import raw_path_for, read_dataset  # noqa: E402
 from profiler.errors import DeviceError  # noqa: E402
 from profiler.measure import MeasureJob  # noqa: E402

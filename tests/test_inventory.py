@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from _agent_support import TOKEN, start_agent
 from device_agents.client import PoolTarget, RemoteTarget
 from device_agents.inventory import INVENTORY_ENV, load_inventory
-from profiler.cli import cli
+from hatprof.cli import cli
 from profiler.errors import DeviceError, HatprofError
 
 ISSUE_FORM = '''

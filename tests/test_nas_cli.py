@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from nas.cli import search, supernet
+from hatprof.commands.search import search, supernet
 from profiler.cost import count_macs
 from profiler.errors import SearchError
 from profiler.space import DesignSpace

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from profiler.dataset import HAT_COLUMNS
 from profiler.errors import HatprofError, PredictorError, SpaceError
 from profiler.space import load_space
-from predictor.cli import predictor
+from hatprof.commands.predictor import predictor
 from predictor.synthetic import synthetic_frame
 
 EVAL_KEYS = {"n", "rmse_ms", "mape", "rmspe", "within_5", "within_10", "kendall_tau", "spearman_rho"}

@@ -21,7 +21,7 @@ def test_local_target_pins_then_restores_affinity():
 
 
 def test_worker_target_measures_in_a_pinned_child_renewed_every_few_rounds(artifact):
-    from device_agents.worker import WorkerTarget
+    from profiler.worker import WorkerTarget
 
     before = current_affinity()
     cpu = max(before)

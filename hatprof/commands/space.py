@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from profiler.options import seed_option, space_option
+from hatprof.options import seed_option, space_option
 from profiler.space import DesignSpace, list_spaces
 
 

@@ -1,40 +1,17 @@
 """`hatprof measure`: time sampled SubTransformers on one device into a latency dataset."""
 from __future__ import annotations
 
-import dataclasses
-import sys
 from pathlib import Path
 
 import click
 
+from hatprof.devices import open_device, run_measure
+from hatprof.options import (cache_dir_option, cpus_option, format_option, interleave_option, protocol_options,
+                             retry_unstable_option, seed_option, space_option)
 from profiler.errors import HatprofError
-from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
-from profiler.options import (cache_dir_option, cpus_option, format_option, interleave_option, protocol_options,
-                              retry_unstable_option, seed_option, space_option)
+from profiler.measure import ArchResult, MeasureJob
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
-from profiler.target import MeasureTarget
-
-
-def open_device(name: str, protocol: TimingProtocol, cpus: set[int] | None = None,
-                inventory: str | None = None) -> tuple[MeasureTarget, TimingProtocol]:
-    """`local` (timed in a worker process, renewed every `RECYCLE_ROUNDS` rounds), or a device
-    named in the inventory, and the protocol it times with.
-
-    A device of the inventory times with the inventory's `threads` (as `hatprof collect`
-    does), so one device's files never disagree on it.
-    """
-    if name == "local":
-        from device_agents.worker import WorkerTarget
-
-        return WorkerTarget(threads=protocol.threads, cpus=cpus), protocol
-    try:
-        from device_agents.inventory import load_inventory
-    except ModuleNotFoundError:
-        raise HatprofError(f"unknown device {name!r} (known: local)") from None
-    devices = load_inventory(inventory)
-    threads = devices.get(name).threads
-    return devices.open_target(name, threads), dataclasses.replace(protocol, threads=threads)
 
 
 def read_arch_lines(path: Path, space: DesignSpace) -> list[ArchConfig]:
@@ -62,18 +39,6 @@ def _result_line(result: ArchResult) -> str:
     flag = "  unstable" if row["unstable"] else ""
     return (f"{result.arch.arch_id}  encoder {row['latency_mean_encoder']:8.2f} ms  "
             f"decoder {row['latency_mean_decoder']:8.2f} ms  total {row['latency_ms']:8.2f} ms{flag}")
-
-
-def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget, out: Path,
-                resume: bool, device: str) -> list[ArchResult]:
-    """Measure `archs` into `out` with a progress bar; the shared body of measure, demo and search."""
-    with open_dataset(out, job, device, getattr(target, "targets", [target]), resume) as writer:
-        todo = [a for a in archs if a.arch_id not in writer.done_ids]
-        if len(todo) < len(archs):
-            click.echo(f"resuming: {len(archs) - len(todo)} of {len(archs)} already in {out}", err=True)
-        with click.progressbar(length=len(todo), label=f"measuring on {device}", file=sys.stderr,
-                               show_eta=True, show_pos=True) as bar:
-            return measure_archs(todo, job, target, writer, on_result=lambda result: bar.update(1))
 
 
 @click.command()

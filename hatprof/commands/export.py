@@ -7,7 +7,7 @@ import click
 
 from profiler.errors import HatprofError
 from profiler.export import export_arch
-from profiler.options import space_option
+from hatprof.options import space_option
 from profiler.space import ArchConfig, DesignSpace
 
 

@@ -16,21 +16,21 @@ from profiler.errors import HatprofError
 
 # name -> "module:attribute" of a click command or group
 _COMMANDS = {
-    "space": "profiler.commands.space:space",
-    "export": "profiler.commands.export:export",
-    "measure": "profiler.commands.measure:measure",
-    "dataset": "profiler.commands.dataset:dataset",
-    "demo": "profiler.commands.demo:demo",
-    "predictor": "predictor.cli:predictor",
-    "supernet": "nas.cli:supernet",
-    "search": "nas.cli:search",
-    "agent": "device_agents.cli:agent",
-    "devices": "device_agents.cli:devices",
-    "collect": "device_agents.cli:collect",
+    "space": "hatprof.commands.space:space",
+    "export": "hatprof.commands.export:export",
+    "measure": "hatprof.commands.measure:measure",
+    "dataset": "hatprof.commands.dataset:dataset",
+    "demo": "hatprof.commands.demo:demo",
+    "predictor": "hatprof.commands.predictor:predictor",
+    "supernet": "hatprof.commands.search:supernet",
+    "search": "hatprof.commands.search:search",
+    "agent": "hatprof.commands.agents:agent",
+    "devices": "hatprof.commands.agents:devices",
+    "collect": "hatprof.commands.agents:collect",
 }
 
 
-_OWN_PACKAGES = {"profiler", "predictor", "nas", "device_agents"}
+_OWN_PACKAGES = {"hatprof", "profiler", "predictor", "nas", "device_agents"}
 
 
 class _LazyGroup(click.Group):

@@ -1,14 +1,17 @@
-"""The agent's measuring process: validation and timing of uploaded artifacts, time-limited.
+"""The measuring process: timing of exported artifacts in a child process, time-limited.
 
-Everything that touches untrusted model files runs here, in one child process the
-agent starts with `spawn` and talks to over a pipe in JSON (nothing pickled). The
-agent kills it when a call exceeds the time limit, and starts a new one on the next
-call, so a model that hangs or crashes the runtime costs one error response, not
-the agent. Holding the process between calls keeps onnxruntime loaded and lets the
-timing target stay pinned to its CPUs; after `RECYCLE_ROUNDS` timed rounds it is
-replaced by a fresh one, because a long-lived measuring process slows down.
+Everything that touches model files runs in one child process started with `spawn`
+and talked to over a pipe in JSON (nothing pickled). The parent kills it when a call
+exceeds the time limit, and starts a new one on the next call, so a model that hangs or
+crashes the runtime costs one error result, not the caller. Holding the process between
+calls keeps onnxruntime loaded and lets the timing target stay pinned to its CPUs; after
+`RECYCLE_ROUNDS` timed rounds it is replaced by a fresh one, because a long-lived
+measuring process slows down.
 
-`WorkerTarget` gives `hatprof measure` the same worker for local measurements.
+The worker knows the operations `info` and `measure`; a user of it adds its own (the
+device agent adds artifact validation) as `ops`: module-level functions of one request.
+`WorkerTarget` gives `hatprof measure` this worker for local measurements; the device
+agent builds its sandbox on `WorkerHandle`.
 """
 from __future__ import annotations
 
@@ -17,11 +20,9 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
-from device_agents.validate import ValidationError, validate
-from device_agents.wire import WireError
-from profiler.errors import DeviceError, HatprofError
+from profiler.errors import HatprofError
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +33,27 @@ _KILL_GRACE_S = 5.0
 #: fresh process per 25 architectures showed no such trend (benchmarks/bench_drift.py).
 RECYCLE_ROUNDS = 75
 
+#: An extra operation of the worker: the request in, a JSON-able value out.
+Operation = Callable[[dict[str, Any]], Any]
+
+
+class WorkerError(HatprofError):
+    """A worker call that failed, with its error code (`measure_failed`, `timeout`,
+    `worker_crashed`, or the code an added operation raised)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
 
 class _Worker:
     """The child's state: one timing target, for the thread count last asked for."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], ops: Mapping[str, Operation]) -> None:
         from profiler.metadata import current_affinity
 
+        self.ops = ops
         self.cpus: list[int] | None = config.get("cpus")
         self.affinity = current_affinity()
         self.threads = 0
@@ -64,9 +79,8 @@ class _Worker:
 
     def handle(self, request: dict[str, Any]) -> Any:
         op = request["op"]
-        if op == "validate":
-            validate(Path(request["path"]), request["kind"])
-            return None
+        if op in self.ops:
+            return self.ops[op](request)
         if op == "info":
             return self.target(request["threads"]).info()
         if op == "measure":
@@ -94,21 +108,21 @@ class _Worker:
 def _reply(request: dict[str, Any], worker: _Worker) -> dict[str, Any]:
     try:
         return {"ok": True, "value": worker.handle(request)}
-    except ValidationError as exc:
-        return {"ok": False, "code": "invalid_artifact", "message": str(exc)}
+    except WorkerError as exc:
+        return {"ok": False, "code": exc.code, "message": exc.message}
     except HatprofError as exc:
         return {"ok": False, "code": "measure_failed", "message": str(exc)}
     except Exception as exc:  # a parser or runtime failing on untrusted input must not end the worker
         logger.exception("worker operation %s failed", request.get("op"))
-        code = "invalid_artifact" if request.get("op") == "validate" else "measure_failed"
-        return {"ok": False, "code": code, "message": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "code": "measure_failed", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, Any]) -> None:
+def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, Any],
+                ops: Mapping[str, Operation] | None = None) -> None:
     """The child's loop: one JSON request in, one JSON reply out, until the pipe closes."""
     logging.basicConfig(level=config.get("log_level", logging.WARNING),
                         format="%(levelname)s worker %(name)s: %(message)s")
-    worker = _Worker(config)
+    worker = _Worker(config, ops or {})
     try:
         while True:
             try:
@@ -121,13 +135,17 @@ def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, A
 
 
 class WorkerHandle:
-    """The agent's end: starts the child on demand, enforces the time limit, reports crashes.
+    """The parent's end: starts the child on demand, enforces the time limit, reports crashes.
 
-    Not thread-safe: the agent calls it with its device lock held.
+    `ops` are extra operations of the child (module-level functions, so `spawn` can pass
+    them); `redact` is a path replaced by `<cache>` in error messages. Not thread-safe:
+    the agent calls it with its device lock held.
     """
 
-    def __init__(self, config: dict[str, Any], redact: str = "", recycle_rounds: int = RECYCLE_ROUNDS) -> None:
+    def __init__(self, config: dict[str, Any], ops: Mapping[str, Operation] | None = None, redact: str = "",
+                 recycle_rounds: int = RECYCLE_ROUNDS) -> None:
         self.config = config
+        self.ops = dict(ops or {})
         self.recycle_rounds = recycle_rounds
         self._redact = redact
         self._ctx = multiprocessing.get_context("spawn")
@@ -137,8 +155,8 @@ class WorkerHandle:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        self._process = self._ctx.Process(target=worker_main, args=(child, self.config),
-                                          name="hatprof-agent-worker", daemon=True)
+        self._process = self._ctx.Process(target=worker_main, args=(child, self.config, self.ops),
+                                          name="hatprof-worker", daemon=True)
         self._process.start()
         child.close()
         self._conn = parent
@@ -151,7 +169,7 @@ class WorkerHandle:
         return self._process.pid if self._process is not None else None
 
     def call(self, request: dict[str, Any], time_limit_s: float | None) -> Any:
-        """Send one request (`time_limit_s` None: no limit); its value, or `WireError` with
+        """Send one request (`time_limit_s` None: no limit); its value, or `WorkerError` with
         the worker's error code."""
         if request["op"] == "measure" and self._rounds >= self.recycle_rounds:
             self.stop()
@@ -165,19 +183,19 @@ class WorkerHandle:
             self._conn.send_bytes(json.dumps(request).encode())
             if not self._conn.poll(time_limit_s):
                 self.stop(graceful=False)
-                raise WireError("timeout", f"the {request['op']} call exceeded the agent's time limit of "
+                raise WorkerError("timeout", f"the {request['op']} call exceeded the agent's time limit of "
                                 f"{time_limit_s:g} s and was stopped")
             reply = json.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
             process = self._process
             self.stop(graceful=False)
             code = process.exitcode if process is not None else None
-            raise WireError("worker_crashed", f"the measuring process died (exit code {code}) during "
+            raise WorkerError("worker_crashed", f"the measuring process died (exit code {code}) during "
                             f"{request['op']}; it is restarted on the next request") from None
         if reply["ok"]:
             return reply["value"]
         message = reply["message"].replace(self._redact, "<cache>") if self._redact else reply["message"]
-        raise WireError(reply["code"], message)
+        raise WorkerError(reply["code"], message)
 
     def stop(self, graceful: bool = True) -> None:
         """End the child: close its pipe (it exits when idle), else terminate, else kill."""
@@ -213,8 +231,8 @@ class WorkerTarget:
     def _call(self, request: dict[str, Any]) -> Any:
         try:
             return self.worker.call({**request, "threads": self.threads}, None)
-        except WireError as exc:
-            raise DeviceError(f"local measuring process: {exc}") from None
+        except WorkerError as exc:
+            raise WorkerError(exc.code, f"local measuring process: {exc}") from None
 
     def info(self) -> dict[str, Any]:
         return self._call({"op": "info"})

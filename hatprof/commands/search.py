@@ -16,22 +16,21 @@ from typing import Any, Sequence
 import click
 import torch
 
+from hatprof.devices import open_device, progress_bar
+from hatprof.options import seed_option, space_option
 from nas.corpus import parallel_text_corpus, synthetic_corpus
-from nas.evaluate import LossScorer, bleu
+from nas.evaluate import REFERENCE_SENTENCES, LossScorer, bleu
 from nas.evolution import EvolutionStrategy
 from nas.grammar import SyntheticTaskConfig
 from nas.measured import measure_inherited
 from nas.search import run_search
 from nas.supernet import SuperTransformer
 from nas.train import SAMPLING_RULES, TrainConfig, checkpoint_corpus, load_checkpoint, save_checkpoint, train_supernet
-from profiler.options import seed_option, space_option
+from profiler.bundled import CHECKPOINT, bundled_path
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "datasets" / "supernet_compact.pt"
-REFERENCE_SENTENCES = 500
 
 threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
                               help="torch intra-op threads (default: torch's choice).")
@@ -133,7 +132,7 @@ def _arch_report(name: str, arch: ArchConfig, loss: float, latency_ms: float, te
 @click.option("--latency-limits", callback=_parse_limits, default=None,
               help="Comma-separated limits (ms): one search per limit, e.g. for --plot.")
 @click.option("--supernet", "supernet_path", type=click.Path(exists=True, dir_okay=False),
-              default=str(DEFAULT_CHECKPOINT), show_default=True, help="SuperTransformer checkpoint.")
+              default=None, help="SuperTransformer checkpoint.  [default: the bundled compact one]")
 @click.option("--iterations", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--population", type=click.IntRange(min=5), default=125, show_default=True,
               help="Per generation; split 1:2:2 into parents, mutations, crossovers as in HAT.")
@@ -166,6 +165,7 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
         raise click.BadParameter("must be positive", param_hint="--latency-limit-ms")
     _set_threads(threads)
     limits = latency_limits or [latency_limit_ms]
+    supernet_path = supernet_path or str(bundled_path(CHECKPOINT))
     net, header = load_checkpoint(supernet_path)
     space = net.space
     corpus = checkpoint_corpus(header, space)
@@ -206,7 +206,13 @@ def _measure_reports(net: SuperTransformer, reports: list[dict[str, Any]], devic
                      protocol: TimingProtocol, csv_path: Path, statistic: str) -> None:
     """Add `measured_latency_ms` (as the statistic the predictor learnt) to each report."""
     archs = [ArchConfig.from_dict(r["arch"]) for r in reports]
-    measured = measure_inherited(net, archs, device, protocol, csv_path, statistic)
+    target, protocol = open_device(device, protocol)
+    try:
+        with progress_bar(len(archs), f"measuring on {device}") as bar:
+            measured = measure_inherited(net, archs, target, protocol, csv_path, device, statistic,
+                                         on_progress=lambda done, total: bar.update(1))
+    finally:
+        target.close()
     for report in reports:
         report["measured_latency_ms"] = measured.get(report["arch_id"])
 

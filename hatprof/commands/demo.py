@@ -12,13 +12,13 @@ from pathlib import Path
 
 import click
 
-from profiler.commands.measure import open_device, run_measure
+from hatprof.devices import open_device, run_measure
+from hatprof.options import protocol_options
+from profiler.bundled import DATASET, bundled_path
 from profiler.measure import MeasureJob
-from profiler.options import protocol_options
 from profiler.protocol import TimingProtocol
 from profiler.space import load_space
 
-BUNDLED_DATASET = Path(__file__).resolve().parents[2] / "datasets" / "compact_local.csv"
 
 
 @click.command()
@@ -35,8 +35,8 @@ BUNDLED_DATASET = Path(__file__).resolve().parents[2] / "datasets" / "compact_lo
 def demo(ctx: click.Context, out: Path, samples: int, iterations: int, population: int,
          protocol: TimingProtocol) -> None:
     """Measure -> predictor -> search -> measure the winner, on the bundled defaults."""
-    from nas.cli import search
-    from predictor.cli import adapt, train
+    from hatprof.commands.predictor import adapt, train
+    from hatprof.commands.search import search
     from predictor.persistence import load_predictor
 
     space = load_space("compact")
@@ -51,9 +51,9 @@ def demo(ctx: click.Context, out: Path, samples: int, iterations: int, populatio
         target.close()
     _print_table(csv_path)
 
-    click.echo(f"\n2/4 predictor: trained on {BUNDLED_DATASET.name}, adapted to this machine")
+    click.echo(f"\n2/4 predictor: trained on {DATASET}, adapted to this machine")
     base, local = out / "bundled.predictor", out / "local.predictor"
-    ctx.invoke(train, data=BUNDLED_DATASET, out=base)
+    ctx.invoke(train, data=bundled_path(DATASET), out=base)
     ctx.invoke(adapt, base=base, data=csv_path, out=local)
 
     limit = 0.5 * float(load_predictor(local).predict_archs([space.largest()])[0])

@@ -13,7 +13,7 @@ import click
 from device_agents.client import AgentError, AgentUnavailable
 from device_agents.inventory import DeviceSpec, load_inventory
 from profiler.errors import DeviceError
-from profiler.options import (cache_dir_option, format_option, interleave_option, protocol_options,
+from hatprof.options import (cache_dir_option, format_option, interleave_option, protocol_options,
                               retry_unstable_option, seed_option, space_option)
 
 inventory_option = click.option(

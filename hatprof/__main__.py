@@ -1,0 +1,4 @@
+"""`python -m hatprof` runs the `hatprof` command line."""
+from hatprof.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""click commands of the `hatprof` CLI: one module per command or group of commands."""

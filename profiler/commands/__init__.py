@@ -1,1 +1,0 @@
-"""click commands of the profiler: one module per command or group."""
