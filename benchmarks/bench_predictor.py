@@ -27,7 +27,8 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from profiler.dataset import LATENCY_STATISTICS, read_dataset  # noqa: E402
-from profiler.space import HAT_FEATURES, load_space  # noqa: E402
+from profiler.space import load_space  # noqa: E402
+from profiler.vocabulary import HAT_COLUMNS  # noqa: E402
 from predictor.core import (DEFAULT_MODEL, MODELS, fit_prepared, library_versions,  # noqa: E402
                             model_spec, prepare)
 from predictor.data import ARCH_COLUMN  # noqa: E402
@@ -39,8 +40,6 @@ from predictor import train_predictor  # noqa: E402
 
 log = logging.getLogger("bench_predictor")
 RESULTS = Path(__file__).resolve().parent / "results"
-HAT_COLUMNS = list(HAT_FEATURES) + ["latency_mean_encoder", "latency_mean_decoder",
-                                    "latency_std_encoder", "latency_std_decoder"]
 
 
 def _records(table: pd.DataFrame) -> list[dict]:

@@ -28,7 +28,7 @@ from device_agents.client import AgentUnavailable
 from device_agents.inventory import Inventory
 from profiler.artifacts import get_artifact
 from profiler.dataset import DatasetWriter
-from profiler.errors import DeviceError, HatprofError
+from profiler.errors import DeviceError, ErrorCode, HatprofError
 from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig
@@ -224,7 +224,7 @@ class _DeviceRun:
                     pass  # info() failed: the whole group goes back to the queue below
                 except HatprofError as exc:  # e.g. the dataset file refused a row
                     logger.error("%s: %s", self.device.name, exc)
-                    failures.extend(ArchResult(a, error="write_failed", message=str(exc)) for a in chunk
+                    failures.extend(ArchResult(a, error=ErrorCode.WRITE_FAILED, message=str(exc)) for a in chunk
                                     if a.arch_id not in self.writer.done_ids
                                     and a.arch_id not in {f.arch.arch_id for f in failures})
                 finally:
@@ -252,9 +252,9 @@ class _DeviceRun:
             if arch.arch_id in done or arch.arch_id in reported:
                 continue
             if arch.arch_id in export_failed:
-                result = ArchResult(arch, error="export_failed", message=export_failed[arch.arch_id])
+                result = ArchResult(arch, error=ErrorCode.EXPORT_FAILED, message=export_failed[arch.arch_id])
             else:
-                result = ArchResult(arch, error="unavailable", message=f"no agent of device "
+                result = ArchResult(arch, error=ErrorCode.UNAVAILABLE, message=f"no agent of device "
                                     f"{self.device.name!r} was left to measure it; rerun to resume")
             self.report.failed.append(result)
 
@@ -312,7 +312,7 @@ def collect(devices: Sequence[FleetDevice], archs: Sequence[ArchConfig], job: Me
                 done[device.name] = run.open()
             except AgentUnavailable as exc:
                 logger.warning("%s: %s", device.name, exc)
-                run.report.failed = [ArchResult(a, error="unavailable", message=str(exc)) for a in archs]
+                run.report.failed = [ArchResult(a, error=ErrorCode.UNAVAILABLE, message=str(exc)) for a in archs]
                 reports[device.name] = run.report
                 continue
             runs.append(run)

@@ -13,20 +13,21 @@ from typing import Any
 
 from device_agents.validate import ValidationError, validate
 from device_agents.wire import WireError
+from profiler.errors import ErrorCode
 from profiler.worker import WorkerError, WorkerHandle
 
 logger = logging.getLogger(__name__)
 
 
 def validate_op(request: dict[str, Any]) -> None:
-    """The worker's `validate` operation: any failure is an `invalid_artifact` error."""
+    """The worker's `validate` operation: any failure is an `INVALID_ARTIFACT` error."""
     try:
         validate(Path(request["path"]), request["kind"])
     except ValidationError as exc:
-        raise WorkerError("invalid_artifact", str(exc)) from None
+        raise WorkerError(ErrorCode.INVALID_ARTIFACT, str(exc)) from None
     except Exception as exc:  # a parser failing on untrusted input is an invalid artifact
         logger.exception("validating %s failed", request["kind"])
-        raise WorkerError("invalid_artifact", f"{type(exc).__name__}: {exc}") from None
+        raise WorkerError(ErrorCode.INVALID_ARTIFACT, f"{type(exc).__name__}: {exc}") from None
 
 
 class AgentWorker(WorkerHandle):

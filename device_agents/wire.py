@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any, Mapping
 
-from profiler.errors import DeviceError
+from profiler.errors import DeviceError, ErrorCode
 from profiler.workload import GRAPH_SUFFIX, GRAPHS, MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
@@ -25,34 +25,35 @@ DEFAULT_PORT = 8765
 #: A token shorter than this is refused: it could be guessed.
 MIN_TOKEN_CHARS = 16
 
-#: Stable error codes and their HTTP statuses. Clients branch on the code, never on the text.
-ERROR_STATUS: dict[str, int] = {
-    "bad_request": 400,         # malformed HTTP: request line, headers, Content-Length
-    "bad_json": 400,            # body is not one JSON object
-    "unknown_field": 400,       # a field this protocol version does not define
-    "missing_field": 400,
-    "invalid_field": 400,       # wrong type or out of range
-    "bad_hash": 400,            # not 64 lower-case hex digits
-    "bad_filename": 400,        # not an allowed artifact file name
-    "hash_mismatch": 400,       # uploaded bytes do not hash to the named SHA-256
-    "unauthorized": 401,        # missing or wrong token
-    "format_not_allowed": 403,  # TorchScript on an agent started without --allow-torchscript
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "missing_artifact": 409,    # measure names files the agent does not hold: upload, then retry
-    "request_timeout": 408,     # the body did not arrive in time
-    "length_required": 411,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "invalid_artifact": 422,    # upload refused by validation (not ONNX, external data, bad manifest)
-    "measure_failed": 422,      # the runtime could not run the artifact with these settings
-    "internal": 500,
-    "worker_crashed": 500,      # the measuring process died; it is restarted on the next request
-    "busy": 503,                # another measurement holds the device and the queue is full
-    "timeout": 504,             # the measurement exceeded the agent's time limit and was killed
+#: Stable error codes (`profiler.errors.ErrorCode`, whose values are the strings on the wire,
+#: each explained there) and their HTTP statuses. Clients branch on the code, never on the text.
+ERROR_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.BAD_JSON: 400,
+    ErrorCode.UNKNOWN_FIELD: 400,
+    ErrorCode.MISSING_FIELD: 400,
+    ErrorCode.INVALID_FIELD: 400,
+    ErrorCode.BAD_HASH: 400,
+    ErrorCode.BAD_FILENAME: 400,
+    ErrorCode.HASH_MISMATCH: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORMAT_NOT_ALLOWED: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.MISSING_ARTIFACT: 409,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.LENGTH_REQUIRED: 411,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.INVALID_ARTIFACT: 422,
+    ErrorCode.MEASURE_FAILED: 422,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.WORKER_CRASHED: 500,
+    ErrorCode.BUSY: 503,
+    ErrorCode.TIMEOUT: 504,
 }
 #: Codes worth retrying unchanged after a pause.
-RETRYABLE = frozenset({"busy", "worker_crashed"})
+RETRYABLE = frozenset({ErrorCode.BUSY, ErrorCode.WORKER_CRASHED})
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

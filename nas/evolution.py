@@ -12,12 +12,10 @@ from typing import Any
 from nas.search import History, LatencyFilter
 from profiler.errors import SearchError
 from profiler.space import ArchConfig, DesignSpace
+from profiler.vocabulary import DECODER_LAYER_GENES, ENCODER_LAYER_GENES, SCALAR_GENES
 
-SCALAR_GENES = ("encoder_embed_dim", "encoder_layer_num", "decoder_embed_dim", "decoder_layer_num")
-ENCODER_LAYER_GENES = ("encoder_ffn_embed_dim", "encoder_self_attention_heads")
-DECODER_LAYER_GENES = ("decoder_ffn_embed_dim", "decoder_self_attention_heads",
-                       "decoder_ende_attention_heads", "decoder_arbitrary_ende_attn")
-
+#: HAT's genome: every gene by name, per-layer genes padded to the space's largest layer count
+#: (not `predictor.features.ArchArrays`, a batch of architectures as arrays).
 Genome = dict[str, Any]
 
 

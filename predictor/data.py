@@ -14,12 +14,9 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import PredictorError
-from profiler.space import HAT_FEATURES
+from profiler.vocabulary import (ARCH_COLUMN, DECODER_LATENCY_COLUMN, ENCODER_LATENCY_COLUMN, HAT_FEATURES,
+                                 TOTAL_LATENCY_COLUMN)
 
-ENCODER_COLUMN = "latency_mean_encoder"
-DECODER_COLUMN = "latency_mean_decoder"
-TOTAL_COLUMN = "latency_ms"
-ARCH_COLUMN = "arch"
 #: Targets a predictor can learn: the two timed parts, or their sum.
 PART_TARGETS = ("encoder", "decoder")
 TOTAL_TARGET = ("total",)
@@ -64,13 +61,13 @@ def check_inputs(df: pd.DataFrame, what: str = "data") -> None:
 
 def target_names(df: pd.DataFrame) -> tuple[str, ...]:
     """("encoder", "decoder") when both parts were timed, else ("total",)."""
-    if ENCODER_COLUMN in df.columns and DECODER_COLUMN in df.columns:
+    if ENCODER_LATENCY_COLUMN in df.columns and DECODER_LATENCY_COLUMN in df.columns:
         return PART_TARGETS
-    if TOTAL_COLUMN in df.columns:
+    if TOTAL_LATENCY_COLUMN in df.columns:
         return TOTAL_TARGET
     raise PredictorError(
-        f"data has no latency target: needs {ENCODER_COLUMN!r} and {DECODER_COLUMN!r}, "
-        f"or {TOTAL_COLUMN!r}")
+        f"data has no latency target: needs {ENCODER_LATENCY_COLUMN!r} and {DECODER_LATENCY_COLUMN!r}, "
+        f"or {TOTAL_LATENCY_COLUMN!r}")
 
 
 def targets(df: pd.DataFrame, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
@@ -79,14 +76,14 @@ def targets(df: pd.DataFrame, names: tuple[str, ...] | None = None) -> dict[str,
     The total is `latency_ms` when present, else the sum of the two parts.
     """
     names = names or target_names(df)
-    columns = {"encoder": ENCODER_COLUMN, "decoder": DECODER_COLUMN}
+    columns = {"encoder": ENCODER_LATENCY_COLUMN, "decoder": DECODER_LATENCY_COLUMN}
     out = {name: _positive_ms(df, columns[name]) for name in names if name != "total"}
-    if TOTAL_COLUMN in df.columns:
-        out["total"] = _positive_ms(df, TOTAL_COLUMN)
-    elif ENCODER_COLUMN in df.columns and DECODER_COLUMN in df.columns:
-        out["total"] = _positive_ms(df, ENCODER_COLUMN) + _positive_ms(df, DECODER_COLUMN)
+    if TOTAL_LATENCY_COLUMN in df.columns:
+        out["total"] = _positive_ms(df, TOTAL_LATENCY_COLUMN)
+    elif ENCODER_LATENCY_COLUMN in df.columns and DECODER_LATENCY_COLUMN in df.columns:
+        out["total"] = _positive_ms(df, ENCODER_LATENCY_COLUMN) + _positive_ms(df, DECODER_LATENCY_COLUMN)
     else:
-        raise PredictorError(f"data has no {TOTAL_COLUMN!r} column")
+        raise PredictorError(f"data has no {TOTAL_LATENCY_COLUMN!r} column")
     return out
 
 

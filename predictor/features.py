@@ -8,7 +8,7 @@
   and MACs and parameters per part (as `profiler.cost` counts them) for the data's
   sequence length and beam. Needs each row's full architecture and its space.
 
-Architectures are first packed into a `Genome` (integer arrays, one row each) by C-level
+Architectures are first packed into an `ArchArrays` (integer arrays, one row each) by C-level
 iteration over their genes; everything after that is vectorised, which is what lets a predictor score
 hundreds of thousands of architectures a second.
 """
@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import PredictorError, SpaceError
-from profiler.space import HAT_FEATURE_NORM, HAT_FEATURES, ArchConfig, DesignSpace, load_space
+from profiler.space import ArchConfig, DesignSpace, load_space
+from profiler.vocabulary import (DECODER_LAYER_GENES, ENCODER_LAYER_GENES, ENDE_ATTN_LAYERS, HAT_FEATURE_NORM,
+                                 HAT_FEATURES, SCALAR_GENES)
 
 from predictor.data import ARCH_COLUMN, has_arch, has_hat_features
 
@@ -34,10 +36,6 @@ log = logging.getLogger(__name__)
 FEATURES_VERSION = 1
 FEATURE_SETS = ("hat", "hat-cost", "arch")
 
-_SCALAR_GENES = ("encoder_embed_dim", "encoder_layer_num", "decoder_embed_dim", "decoder_layer_num")
-_ENCODER_GENES = ("encoder_ffn_embed_dim", "encoder_self_attention_heads")
-_DECODER_GENES = ("decoder_ffn_embed_dim", "decoder_self_attention_heads",
-                  "decoder_ende_attention_heads", "decoder_arbitrary_ende_attn")
 _NORM = np.asarray(HAT_FEATURE_NORM, dtype=np.float64)
 _COST_PRODUCTS = (
     # name, indices into the normalised HAT features multiplied together
@@ -75,7 +73,7 @@ def context_from_settings(settings: dict) -> FeatureContext:
 
 
 @dataclass(frozen=True)
-class Genome:
+class ArchArrays:
     """Architectures as integer arrays; per-layer genes are zero past a row's layer count."""
 
     enc_embed: np.ndarray
@@ -91,19 +89,21 @@ class Genome:
 
     @property
     def dec_ende_layers(self) -> np.ndarray:
-        """Attended encoder layers per decoder layer: code -1/1/2 -> 1/2/3, padding -> 0."""
-        codes = self.dec_ende_codes
-        return np.where(codes == -1, 1, np.where(codes > 0, codes + 1, 0))
+        """Attended encoder layers per decoder layer (`ENDE_ATTN_LAYERS`), padding -> 0."""
+        layers = np.zeros_like(self.dec_ende_codes)
+        for code, count in ENDE_ATTN_LAYERS.items():
+            layers[self.dec_ende_codes == code] = count
+        return layers
 
 
-def encode_archs(archs: Sequence[ArchConfig], max_enc: int, max_dec: int) -> Genome:
-    """Pack architectures into a `Genome` padded to `max_enc`/`max_dec` layers."""
+def encode_archs(archs: Sequence[ArchConfig], max_enc: int, max_dec: int) -> ArchArrays:
+    """Pack architectures into an `ArchArrays` padded to `max_enc`/`max_dec` layers."""
     n = len(archs)
     scalars = [np.fromiter(map(attrgetter(gene), archs), dtype=np.int64, count=n)
-               for gene in _SCALAR_GENES]
+               for gene in SCALAR_GENES]
     per_layer = []
-    for genes, layers, width in ((_ENCODER_GENES, scalars[1], max_enc),
-                                 (_DECODER_GENES, scalars[3], max_dec)):
+    for genes, layers, width in ((ENCODER_LAYER_GENES, scalars[1], max_enc),
+                                 (DECODER_LAYER_GENES, scalars[3], max_dec)):
         if n and layers.max() > width:
             raise SpaceError(_too_deep(archs, max_enc, max_dec))
         active = np.arange(width) < layers[:, None]
@@ -113,7 +113,7 @@ def encode_archs(archs: Sequence[ArchConfig], max_enc: int, max_dec: int) -> Gen
             values[active] = np.fromiter(chain.from_iterable(map(attrgetter(gene), archs)),
                                          dtype=np.int64, count=int(layers.sum()))
             per_layer.append(values)
-    return Genome(*scalars, *per_layer)
+    return ArchArrays(*scalars, *per_layer)
 
 
 def _too_deep(archs: Sequence[ArchConfig], max_enc: int, max_dec: int) -> str:
@@ -125,16 +125,16 @@ def _too_deep(archs: Sequence[ArchConfig], max_enc: int, max_dec: int) -> str:
     raise AssertionError("no architecture exceeds the layer limits")
 
 
-def check_in_space(genome: Genome, archs: Sequence[ArchConfig], space: DesignSpace) -> None:
+def check_in_space(batch: ArchArrays, archs: Sequence[ArchConfig], space: DesignSpace) -> None:
     """Raise `SpaceError` naming the first architecture with a gene outside `space`."""
     bad = np.zeros(len(archs), dtype=bool)
-    for gene, values in zip(_SCALAR_GENES, (genome.enc_embed, genome.enc_layers,
-                                            genome.dec_embed, genome.dec_layers)):
+    for gene, values in zip(SCALAR_GENES, (batch.enc_embed, batch.enc_layers,
+                                           batch.dec_embed, batch.dec_layers)):
         bad |= ~np.isin(values, space.choices(gene))
     for genes, arrays, layers in (
-            (_ENCODER_GENES, (genome.enc_ffn, genome.enc_heads), genome.enc_layers),
-            (_DECODER_GENES, (genome.dec_ffn, genome.dec_heads, genome.dec_ende_heads,
-                              genome.dec_ende_codes), genome.dec_layers)):
+            (ENCODER_LAYER_GENES, (batch.enc_ffn, batch.enc_heads), batch.enc_layers),
+            (DECODER_LAYER_GENES, (batch.dec_ffn, batch.dec_heads, batch.dec_ende_heads,
+                                   batch.dec_ende_codes), batch.dec_layers)):
         active = np.arange(arrays[0].shape[1]) < layers[:, None]
         for gene, values in zip(genes, arrays):
             bad |= (active & ~np.isin(values, space.choices(gene))).any(axis=1)
@@ -147,13 +147,13 @@ def check_in_space(genome: Genome, archs: Sequence[ArchConfig], space: DesignSpa
                              f"space: {exc}") from None
 
 
-def hat_raw(genome: Genome) -> np.ndarray:
+def hat_raw(batch: ArchArrays) -> np.ndarray:
     """HAT's 10 features, unnormalised (equal to `ArchConfig.hat_features`)."""
-    el, dl = genome.enc_layers, genome.dec_layers
+    el, dl = batch.enc_layers, batch.dec_layers
     return np.column_stack([
-        genome.enc_embed, el, genome.enc_ffn.sum(1) / el, genome.enc_heads.sum(1) / el,
-        genome.dec_embed, dl, genome.dec_ffn.sum(1) / dl, genome.dec_heads.sum(1) / dl,
-        genome.dec_ende_heads.sum(1) / dl, genome.dec_ende_layers.sum(1) / dl,
+        batch.enc_embed, el, batch.enc_ffn.sum(1) / el, batch.enc_heads.sum(1) / el,
+        batch.dec_embed, dl, batch.dec_ffn.sum(1) / dl, batch.dec_heads.sum(1) / dl,
+        batch.dec_ende_heads.sum(1) / dl, batch.dec_ende_layers.sum(1) / dl,
     ]).astype(np.float64)
 
 
@@ -185,13 +185,13 @@ def hat_cost(raw: np.ndarray) -> np.ndarray:
     return np.column_stack([v] + products)
 
 
-def cost_counts(genome: Genome, space: DesignSpace, seq_len: int, beam: int) -> dict[str, np.ndarray]:
+def cost_counts(batch: ArchArrays, space: DesignSpace, seq_len: int, beam: int) -> dict[str, np.ndarray]:
     """MACs and parameters per part, vectorised; identical to `profiler.cost`'s counts."""
     q, s = space.qkv_dim, seq_len
-    e, d = genome.enc_embed, genome.dec_embed
-    el, dl = genome.enc_layers, genome.dec_layers
-    enc_ffn, dec_ffn = genome.enc_ffn.sum(1), genome.dec_ffn.sum(1)
-    ende = genome.dec_ende_layers.sum(1)
+    e, d = batch.enc_embed, batch.dec_embed
+    el, dl = batch.enc_layers, batch.dec_layers
+    enc_ffn, dec_ffn = batch.enc_ffn.sum(1), batch.dec_ffn.sum(1)
+    ende = batch.dec_ende_layers.sum(1)
     cached = s * (s + 1) // 2
     macs_enc = el * (4 * s * e * q + 2 * s * s * q) + 2 * s * e * enc_ffn
     cross_kv = 2 * s * e * q * ende
@@ -211,15 +211,15 @@ def cost_counts(genome: Genome, space: DesignSpace, seq_len: int, beam: int) -> 
     }
 
 
-def arch_features(genome: Genome, ctx: FeatureContext) -> np.ndarray:
+def arch_features(batch: ArchArrays, ctx: FeatureContext) -> np.ndarray:
     """The "arch" feature set."""
-    counts = cost_counts(genome, ctx.space, ctx.seq_len, ctx.beam)
-    per_layer = [genome.enc_ffn / _NORM[2], genome.enc_heads / _NORM[3],
-                 genome.dec_ffn / _NORM[6], genome.dec_heads / _NORM[7],
-                 genome.dec_ende_heads / _NORM[8], genome.dec_ende_layers / _NORM[9]]
+    counts = cost_counts(batch, ctx.space, ctx.seq_len, ctx.beam)
+    per_layer = [batch.enc_ffn / _NORM[2], batch.enc_heads / _NORM[3],
+                 batch.dec_ffn / _NORM[6], batch.dec_heads / _NORM[7],
+                 batch.dec_ende_heads / _NORM[8], batch.dec_ende_layers / _NORM[9]]
     scaled = [counts[f"macs_{p}"] / 1e9 for p in ("encoder", "decoder", "output")]
     scaled += [counts[f"params_{p}"] / 1e6 for p in ("encoder", "decoder", "embeddings")]
-    return np.column_stack([hat_cost(hat_raw(genome))] + per_layer + scaled)
+    return np.column_stack([hat_cost(hat_raw(batch))] + per_layer + scaled)
 
 
 def feature_names(name: str, ctx: FeatureContext) -> list[str]:
@@ -257,12 +257,12 @@ def from_archs(name: str, archs: Sequence[ArchConfig], ctx: FeatureContext) -> n
     else:
         max_enc = max(a.encoder_layer_num for a in archs)
         max_dec = max(a.decoder_layer_num for a in archs)
-    genome = encode_archs(archs, max_enc, max_dec)
+    batch = encode_archs(archs, max_enc, max_dec)
     if ctx.space is not None:
-        check_in_space(genome, archs, ctx.space)
+        check_in_space(batch, archs, ctx.space)
     if name == "arch":
-        return arch_features(genome, ctx)
-    raw = hat_raw(genome)
+        return arch_features(batch, ctx)
+    raw = hat_raw(batch)
     return raw / _NORM if name == "hat" else hat_cost(raw)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from profiler.space import HAT_FEATURES, load_space
+from profiler.space import load_space
+from profiler.vocabulary import HAT_FEATURES
 
 from predictor.features import cost_counts, encode_archs, hat_raw
 

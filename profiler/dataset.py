@@ -26,7 +26,8 @@ import pandas as pd
 
 from profiler.errors import DatasetError, HatprofError
 from profiler.protocol import ROUND_SPREAD_LIMIT, Measurement, TimingProtocol, spread
-from profiler.space import HAT_FEATURES, ArchConfig, DesignSpace
+from profiler.space import ArchConfig, DesignSpace
+from profiler.vocabulary import HAT_COLUMNS, HAT_FEATURES, HAT_LATENCY_COLUMNS  # noqa: F401 (re-exported)
 
 try:  # advisory lock against two writers of one file; POSIX only
     import fcntl
@@ -35,10 +36,6 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 
-HAT_LATENCY_COLUMNS = ("latency_mean_encoder", "latency_mean_decoder",
-                       "latency_std_encoder", "latency_std_decoder")
-#: HAT's 14 columns, with HAT's names and order (latencies in ms).
-HAT_COLUMNS = HAT_FEATURES + HAT_LATENCY_COLUMNS
 #: The settings every row of one file shares.
 SETTINGS = ("space", "device", "host", "runtime", "format", "runs", "warmup", "trim", "rounds",
             "threads", "seq_len", "beam", "vocab")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from profiler.artifacts import get_artifact
 from profiler.dataset import DatasetWriter, make_settings, row_from_measurement
-from profiler.errors import HatprofError
+from profiler.errors import ErrorCode, HatprofError
 from profiler.protocol import Measurement, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 from profiler.target import MeasureTarget, RoundPair
@@ -35,7 +35,7 @@ class ArchResult:
 
     arch: ArchConfig
     row: dict[str, Any] | None = None
-    error: str | None = None
+    error: ErrorCode | None = None
     message: str = ""
     attempts: int = 1
 
@@ -115,7 +115,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                 group.append(arch)
             except HatprofError as exc:
                 logger.warning("architecture %s: export failed: %s", arch.arch_id, exc)
-                report(ArchResult(arch, error="export_failed", message=str(exc)))
+                report(ArchResult(arch, error=ErrorCode.EXPORT_FAILED, message=str(exc)))
         attempts = {a.arch_id: 0 for a in group}
         while group:
             measured, failed = _measure_group(job, target, group, artifacts)
@@ -123,7 +123,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
             for arch, artifact, rounds in zip(group, artifacts, measured):
                 attempts[arch.arch_id] += 1
                 if arch.arch_id in failed:
-                    report(ArchResult(arch, error="measure_failed", message=failed[arch.arch_id],
+                    report(ArchResult(arch, error=ErrorCode.MEASURE_FAILED, message=failed[arch.arch_id],
                                       attempts=attempts[arch.arch_id]))
                     continue
                 row, raw = _to_row(job, arch, rounds, writer.settings, environment)

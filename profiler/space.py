@@ -15,33 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from profiler.errors import SpaceError
-
-#: HAT's feature names, in the order of its latency CSV files.
-HAT_FEATURES = (
-    "encoder_embed_dim",
-    "encoder_layer_num",
-    "encoder_ffn_embed_dim_avg",
-    "encoder_self_attention_heads_avg",
-    "decoder_embed_dim",
-    "decoder_layer_num",
-    "decoder_ffn_embed_dim_avg",
-    "decoder_self_attention_heads_avg",
-    "decoder_ende_attention_heads_avg",
-    "decoder_arbitrary_ende_attn_avg",
-)
-#: HAT's feature normalisation (latency_predictor.py).
-HAT_FEATURE_NORM = (640, 6, 2048, 6, 640, 6, 2048, 6, 6, 2)
-
-#: Arbitrary encoder-decoder attention code -> number of last encoder layers attended.
-ENDE_ATTN_LAYERS = {-1: 1, 1: 2, 2: 3}
-
-_PER_LAYER_ENCODER = ("encoder_ffn_embed_dim", "encoder_self_attention_heads")
-_PER_LAYER_DECODER = (
-    "decoder_ffn_embed_dim",
-    "decoder_self_attention_heads",
-    "decoder_ende_attention_heads",
-    "decoder_arbitrary_ende_attn",
-)
+# HAT_FEATURES and HAT_FEATURE_NORM are imported from here too; profiler.vocabulary defines them.
+from profiler.vocabulary import (DECODER_LAYER_GENES, ENCODER_LAYER_GENES, ENDE_ATTN_LAYERS,  # noqa: F401
+                                 HAT_FEATURE_NORM, HAT_FEATURES, SCALAR_GENES)
 
 
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
@@ -118,9 +94,9 @@ class DesignSpace:
             "decoder_embed_dim": rng.choice(self.decoder_embed_dim),
             "decoder_layer_num": dec_layers,
         }
-        for gene in _PER_LAYER_ENCODER:
+        for gene in ENCODER_LAYER_GENES:
             genes[gene] = [rng.choice(self.choices(gene)) for _ in range(enc_layers)]
-        for gene in _PER_LAYER_DECODER:
+        for gene in DECODER_LAYER_GENES:
             genes[gene] = [rng.choice(self.choices(gene)) for _ in range(dec_layers)]
         return ArchConfig(**genes)
 
@@ -152,9 +128,9 @@ class DesignSpace:
             "decoder_embed_dim": pick(self.decoder_embed_dim),
             "decoder_layer_num": dec_layers,
         }
-        for gene in _PER_LAYER_ENCODER:
+        for gene in ENCODER_LAYER_GENES:
             genes[gene] = [pick(self.choices(gene))] * enc_layers
-        for gene in _PER_LAYER_DECODER:
+        for gene in DECODER_LAYER_GENES:
             genes[gene] = [pick(self.choices(gene))] * dec_layers
         return ArchConfig(**genes)
 
@@ -277,10 +253,10 @@ class ArchConfig:
     _id: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("encoder_embed_dim", "encoder_layer_num", "decoder_embed_dim", "decoder_layer_num"):
+        for name in SCALAR_GENES:
             _positive_int(name, getattr(self, name))
-        for names, layers in ((_PER_LAYER_ENCODER, self.encoder_layer_num),
-                              (_PER_LAYER_DECODER, self.decoder_layer_num)):
+        for names, layers in ((ENCODER_LAYER_GENES, self.encoder_layer_num),
+                              (DECODER_LAYER_GENES, self.decoder_layer_num)):
             for name in names:
                 items = _int_tuple(name, getattr(self, name))
                 if len(items) != layers:
@@ -337,8 +313,8 @@ class ArchConfig:
         if missing:
             raise SpaceError(f"architecture is missing field(s): {', '.join(missing)}")
         values = dict(data)
-        for per_layer, count in ((_PER_LAYER_ENCODER, "encoder_layer_num"),
-                                 (_PER_LAYER_DECODER, "decoder_layer_num")):
+        for per_layer, count in ((ENCODER_LAYER_GENES, "encoder_layer_num"),
+                                 (DECODER_LAYER_GENES, "decoder_layer_num")):
             layers = values[count]
             for name in per_layer:
                 items = values[name]
@@ -356,12 +332,12 @@ class ArchConfig:
 
     def validate(self, space: DesignSpace) -> "ArchConfig":
         """Raise `SpaceError` naming the first gene that lies outside `space`."""
-        for name in ("encoder_embed_dim", "encoder_layer_num", "decoder_embed_dim", "decoder_layer_num"):
+        for name in SCALAR_GENES:
             value = getattr(self, name)
             if value not in space.choices(name):
                 raise SpaceError(f"{name}={value} is not in space {space.name!r} "
                                  f"(choices: {', '.join(map(str, space.choices(name)))})")
-        for name in _PER_LAYER_ENCODER + _PER_LAYER_DECODER:
+        for name in ENCODER_LAYER_GENES + DECODER_LAYER_GENES:
             for i, value in enumerate(getattr(self, name)):
                 if value not in space.choices(name):
                     raise SpaceError(f"{name}[{i}]={value} is not in space {space.name!r} "

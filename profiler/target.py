@@ -6,7 +6,7 @@ explicit CPUs with an explicit thread count; the device agent serves a `LocalTar
 over HTTP and `device_agents.client.RemoteTarget` speaks to it with the same methods,
 so local and remote measurements take the same code path. `hatprof measure` runs its
 `LocalTarget` in a worker process renewed every few dozen rounds
-(`device_agents.worker.WorkerTarget`), as the agent does.
+(`profiler.worker.WorkerTarget`), as the agent does.
 
 Torch-free: ONNX artifacts run with onnxruntime alone; TorchScript and eager runners
 are imported only when asked for.
@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol as TypingProtocol
 
 from profiler.metadata import collect_environment, current_affinity, default_cpus, pin_process, snapshot
 from profiler.protocol import RoundResult, time_round
-from profiler.workload import Runner
+from profiler.workload import Runner, open_runner
 
 
 @dataclass(frozen=True)
@@ -67,18 +67,6 @@ class MeasureTarget(TypingProtocol):
     def close(self) -> None: ...
 
 
-def open_runner(artifact_dir: Path, fmt: str, seq_len: int, beam: int, threads: int) -> Runner:
-    """A runner for an artifact; onnx needs only onnxruntime, the others import torch."""
-    if fmt == "onnx":
-        from profiler.ort_runner import OnnxRunner
-
-        return OnnxRunner(artifact_dir, seq_len=seq_len, beam=beam, threads=threads)
-    from profiler import torch_runners
-
-    return torch_runners.open_runner(fmt, artifact_dir=artifact_dir, seq_len=seq_len, beam=beam,
-                                     threads=threads)
-
-
 class LocalTarget:
     """Measures in this process, pinned to `cpus` (default: `threads` CPUs chosen by
     `default_cpus`) until `close()`. Runners stay open across rounds, so interleaved rounds
@@ -110,7 +98,7 @@ class LocalTarget:
         key = (str(artifact_dir.resolve()), fmt, seq_len, beam)
         runner = self._runners.pop(key, None)
         if runner is None:
-            runner = open_runner(artifact_dir, fmt, seq_len, beam, self.threads)
+            runner = open_runner(fmt, artifact_dir, seq_len=seq_len, beam=beam, threads=self.threads)
         self._runners[key] = runner
         while len(self._runners) > self.max_open:
             self._runners.popitem(last=False)[1].close()

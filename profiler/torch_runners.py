@@ -1,8 +1,8 @@
 """HAT's timed workload on PyTorch: a TorchScript artifact, or the eager model as reference.
 
 Same interface and beam-search semantics as `profiler.ort_runner.OnnxRunner`, with torch
-ops, under `torch.inference_mode()` and `torch.set_num_threads(threads)`. `open_runner`
-picks a runner by format.
+ops, under `torch.inference_mode()` and `torch.set_num_threads(threads)`.
+`profiler.workload.open_runner` picks a runner by format.
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from torch import Tensor
 
 from profiler.errors import ArtifactError
 from profiler.model import SubTransformer
-from profiler.ort_runner import OnnxRunner
 from profiler.space import ArchConfig, DesignSpace
-from profiler.workload import BOS, Runner, backtrack, check_workload, dummy_source, read_manifest
+from profiler.workload import BOS, backtrack, check_workload, dummy_source, read_manifest
 
 KVList = list[tuple[Tensor, Tensor]]
 StepFn = Callable[[Tensor, Tensor, KVList, KVList], tuple[Tensor, KVList]]
@@ -152,18 +151,3 @@ def load_eager_model(artifact_dir: str | Path) -> SubTransformer:
     except (OSError, RuntimeError, KeyError) as exc:
         raise ArtifactError(f"cannot load eager weights from {artifact_dir}: {exc}") from None
     return model.eval()
-
-
-def open_runner(fmt: str, artifact_dir: str | Path | None = None, model: SubTransformer | None = None,
-                seq_len: int = 30, beam: int = 5, threads: int = 1) -> Runner:
-    """The runner for `fmt` over `artifact_dir`; "eager" also takes a `model` directly."""
-    if fmt == "eager" and model is not None:
-        return EagerRunner(model, seq_len, beam, threads)
-    if artifact_dir is None:
-        raise ArtifactError(f"the {fmt} runner needs an artifact directory")
-    if fmt == "eager":
-        return EagerRunner(load_eager_model(artifact_dir), seq_len, beam, threads)
-    runners = {"onnx": OnnxRunner, "torchscript": TorchScriptRunner}
-    if fmt not in runners:
-        raise ArtifactError(f"unknown runner format {fmt!r} (known: onnx, torchscript, eager)")
-    return runners[fmt](artifact_dir, seq_len, beam, threads)

@@ -22,7 +22,7 @@ import multiprocessing.connection
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from profiler.errors import HatprofError
+from profiler.errors import ErrorCode, HatprofError
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ Operation = Callable[[dict[str, Any]], Any]
 
 
 class WorkerError(HatprofError):
-    """A worker call that failed, with its error code (`measure_failed`, `timeout`,
-    `worker_crashed`, or the code an added operation raised)."""
+    """A worker call that failed, with its error code (`MEASURE_FAILED`, `TIMEOUT`,
+    `WORKER_CRASHED`, or the code an added operation raised)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)
         self.message = message
 
 
@@ -111,10 +111,10 @@ def _reply(request: dict[str, Any], worker: _Worker) -> dict[str, Any]:
     except WorkerError as exc:
         return {"ok": False, "code": exc.code, "message": exc.message}
     except HatprofError as exc:
-        return {"ok": False, "code": "measure_failed", "message": str(exc)}
+        return {"ok": False, "code": ErrorCode.MEASURE_FAILED, "message": str(exc)}
     except Exception as exc:  # a parser or runtime failing on untrusted input must not end the worker
         logger.exception("worker operation %s failed", request.get("op"))
-        return {"ok": False, "code": "measure_failed", "message": f"{type(exc).__name__}: {exc}"}
+        return {"ok": False, "code": ErrorCode.MEASURE_FAILED, "message": f"{type(exc).__name__}: {exc}"}
 
 
 def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, Any],
@@ -183,14 +183,14 @@ class WorkerHandle:
             self._conn.send_bytes(json.dumps(request).encode())
             if not self._conn.poll(time_limit_s):
                 self.stop(graceful=False)
-                raise WorkerError("timeout", f"the {request['op']} call exceeded the agent's time limit of "
+                raise WorkerError(ErrorCode.TIMEOUT, f"the {request['op']} call exceeded the agent's time limit of "
                                 f"{time_limit_s:g} s and was stopped")
             reply = json.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
             process = self._process
             self.stop(graceful=False)
             code = process.exitcode if process is not None else None
-            raise WorkerError("worker_crashed", f"the measuring process died (exit code {code}) during "
+            raise WorkerError(ErrorCode.WORKER_CRASHED, f"the measuring process died (exit code {code}) during "
                             f"{request['op']}; it is restarted on the next request") from None
         if reply["ok"]:
             return reply["value"]

@@ -122,3 +122,28 @@ class Runner(Protocol):
     def run_decoder(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def open_runner(fmt: str, artifact_dir: str | Path | None = None, model: Any = None, seq_len: int = 30,
+                beam: int = 5, threads: int = 1) -> Runner:
+    """The runner for `fmt` over `artifact_dir`; "eager" also takes a `SubTransformer` as `model`.
+
+    onnx needs only onnxruntime; torchscript and eager import torch, here and only here.
+    """
+    if fmt not in FORMATS:
+        raise ArtifactError(f"unknown runner format {fmt!r} (known: {', '.join(FORMATS)})")
+    if fmt == "eager" and model is not None:
+        from profiler.torch_runners import EagerRunner
+
+        return EagerRunner(model, seq_len, beam, threads)
+    if artifact_dir is None:
+        raise ArtifactError(f"the {fmt} runner needs an artifact directory")
+    if fmt == "onnx":
+        from profiler.ort_runner import OnnxRunner
+
+        return OnnxRunner(artifact_dir, seq_len, beam, threads)
+    from profiler import torch_runners
+
+    if fmt == "eager":
+        return torch_runners.EagerRunner(torch_runners.load_eager_model(artifact_dir), seq_len, beam, threads)
+    return torch_runners.TorchScriptRunner(artifact_dir, seq_len, beam, threads)

@@ -4,12 +4,12 @@ import random
 
 import pytest
 
-from nas.evolution import (DECODER_LAYER_GENES, ENCODER_LAYER_GENES, SCALAR_GENES, EvolutionStrategy,
-                           RandomStrategy)
+from nas.evolution import EvolutionStrategy, RandomStrategy
 from nas.search import History, LatencyFilter, Trial, pareto_front, run_search
 from profiler.cost import count_macs
 from profiler.errors import HatprofError, SearchError
 from profiler.space import ArchConfig, load_space
+from profiler.vocabulary import DECODER_LAYER_GENES, ENCODER_LAYER_GENES, SCALAR_GENES
 
 SPACE = load_space("compact")
 

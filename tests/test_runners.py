@@ -14,7 +14,8 @@ from profiler.artifacts import get_artifact
 from profiler.errors import ArtifactError, RunnerError
 from profiler.model import BOS, SubTransformer
 from profiler.ort_runner import OnnxRunner
-from profiler.torch_runners import EagerRunner, TorchScriptRunner, open_runner
+from profiler.torch_runners import EagerRunner, TorchScriptRunner
+from profiler.workload import open_runner
 from profiler.workload import backtrack, dummy_source
 
 
@@ -147,7 +148,8 @@ def test_eager_artifact_rebuilds_the_same_model(tmp_path):
     from profiler.artifacts import get_artifact
     from profiler.model import SubTransformer
     from profiler.space import load_space
-    from profiler.torch_runners import EagerRunner, open_runner
+    from profiler.torch_runners import EagerRunner
+    from profiler.workload import open_runner
 
     space = load_space("compact")
     arch = space.sample_many(1, seed=4)[0]
