@@ -63,7 +63,7 @@ def overhead(args: argparse.Namespace) -> dict:
     from device_agents.client import RemoteTarget
     from profiler.artifacts import get_artifact
     from profiler.metadata import default_cpus
-    from profiler.protocol import Measurement
+    from profiler.protocol import Measurement, RoundSpec
     from profiler.space import load_space
     from profiler.target import LocalTarget
 
@@ -78,12 +78,12 @@ def overhead(args: argparse.Namespace) -> dict:
             local = LocalTarget(threads=1, cpus=[cpu])
             rounds: dict[str, list] = {"local": [], "remote": []}
             remote_wall, remote_timed = 0.0, 0.0
-            remote.measure_round(artifact, "onnx", args.seq_len, args.beam, 1, 2)  # upload, start worker
-            for _ in range(args.pairs):
-                rounds["local"].append(local.measure_round(artifact, "onnx", args.seq_len, args.beam,
-                                                           args.warmup, args.runs))
+            spec = RoundSpec(seq_len=args.seq_len, beam=args.beam, warmup=args.warmup, runs=args.runs)
+            remote.measure_round(artifact, "onnx", RoundSpec(seq_len=args.seq_len, beam=args.beam, warmup=1, runs=2))
+            for _ in range(args.pairs):  # upload and worker start-up done above
+                rounds["local"].append(local.measure_round(artifact, "onnx", spec))
                 start = time.perf_counter()
-                pair = remote.measure_round(artifact, "onnx", args.seq_len, args.beam, args.warmup, args.runs)
+                pair = remote.measure_round(artifact, "onnx", spec)
                 remote_wall += time.perf_counter() - start
                 remote_timed += (sum(pair.encoder.samples_ns) + sum(pair.decoder.samples_ns)) / 1e9
                 rounds["remote"].append(pair)
@@ -137,14 +137,14 @@ def _collect_time(urls: list[str], archs, protocol, workdir: Path) -> float:
 
 def fleet(args: argparse.Namespace) -> dict:
     from profiler.artifacts import get_artifact
-    from profiler.protocol import TimingProtocol
+    from profiler.protocol import RoundSpec, TimingProtocol
     from profiler.space import load_space
 
     space = load_space("compact")
     archs = space.sample_many(args.samples, args.seed)
     for arch in archs:
         get_artifact(arch, space, "onnx")
-    protocol = TimingProtocol(warmup=args.warmup, runs=args.runs, rounds=1, seq_len=args.seq_len, beam=args.beam)
+    protocol = TimingProtocol.hat(warmup=args.warmup, runs=args.runs, rounds=1, seq_len=args.seq_len, beam=args.beam)
     cpus = sorted(os.sched_getaffinity(0))[-2:]
     if len(cpus) < 2:
         raise SystemExit("the fleet benchmark needs two CPUs")
@@ -157,7 +157,8 @@ def fleet(args: argparse.Namespace) -> dict:
             for _, url in agents:  # uploads and worker start-up are not what is compared
                 warm = RemoteTarget(url, TOKEN, threads=1)
                 for arch in archs:
-                    warm.measure_round(get_artifact(arch, space, "onnx"), "onnx", args.seq_len, args.beam, 0, 1)
+                    warm.measure_round(get_artifact(arch, space, "onnx"), "onnx",
+                                       RoundSpec(seq_len=args.seq_len, beam=args.beam, warmup=0, runs=1))
             one = _collect_time([agents[1][1]], archs, protocol, tmp / "one")
             two = _collect_time([url for _, url in agents], archs, protocol, tmp / "two")
         finally:

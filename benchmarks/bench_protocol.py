@@ -37,9 +37,8 @@ def _arch(seed: int):
 def _measure_once(target, artifact, runs: int, rounds: int, trim: float = 0.1) -> dict:
     from profiler.protocol import Measurement, TimingProtocol
 
-    protocol = TimingProtocol(runs=runs, rounds=rounds, trim=trim)
-    pairs = [target.measure_round(artifact, "onnx", protocol.seq_len, protocol.beam, protocol.warmup, n)
-             for n in protocol.runs_per_round()]
+    protocol = TimingProtocol.hat(runs=runs, rounds=rounds, trim=trim)
+    pairs = [target.measure_round(artifact, "onnx", protocol.round_spec(n)) for n in protocol.runs_per_round()]
     parts = [Measurement.from_rounds([getattr(p, part) for p in pairs], trim) for part in ("encoder", "decoder")]
     return {
         "trimmed_mean_ms": sum(m.trimmed_mean_ms for m in parts),

@@ -28,15 +28,21 @@ are JSON objects (``Content-Type: application/json``), except uploads.
     201 ``{"stored": true, ...}``, or 200 ``{"stored": false, ...}`` if already held.
 ``POST /v1/measure``
     In: ``{"artifact": {"format": "onnx", "files": {"manifest.json": "<sha256>", ...}},
-    "warmup": 5, "runs": 300, "seq_len": 30, "beam": 5, "threads": 1, "trim": 0.1}``
-    (all but ``artifact`` optional; unknown fields are refused). One round of the timing
-    protocol: ``warmup`` untimed runs, then ``runs`` timed runs of the encoder and of the
-    decoder. Out: ``{"result": {"encoder_ns": [...], "decoder_ns": [...], "encoder_other_cpu":
-    f, "decoder_other_cpu": f, "before": {...}, "after": {...}}, "statistics": {"encoder":
-    {...}, "decoder": {...}}, "elapsed_s": f}``: raw samples in nanoseconds, the share of
-    the timed CPUs other processes took, the machine state (load, memory, frequency,
-    temperature) before and after; the statistics (trimmed mean, std, median, p90, CV, ...)
-    derive from the returned raw samples with ``trim``.
+    "warmup": 5, "runs": 50, "seq_len": 30, "beam": 5, "threads": 1, "canary_every": 10,
+    "max_temp_c": 80.0, "cooldown_s": 120.0, "trim": 0.1}``: the fields of
+    `profiler.protocol.RoundSpec`, whose defaults are the defaults here (all but ``artifact``
+    optional; unknown fields are refused). One round of the timing protocol: the thermal gate
+    waits (at most ``cooldown_s``) while the board is at ``max_temp_c`` or its firmware says it
+    is throttled now; then ``warmup`` untimed runs and ``runs`` timed runs of the encoder, with
+    a fixed reference kernel (the canary) timed before, after and every ``canary_every`` runs;
+    then the same for the decoder. Out: ``{"result": {"encoder_ns": [...],
+    "encoder_canary_ns": [...], "encoder_other_cpu": f, "decoder_ns": ..., "before": {...},
+    "after": {...}, "gate": {...}}, "statistics": {"encoder": {...}, "decoder": {...}},
+    "elapsed_s": f}``: raw samples in nanoseconds, the canary's times, the share of the timed
+    CPUs other processes took, the machine state (load, memory, frequency, temperature)
+    before and after, what the gate saw and how long it waited; the statistics (trimmed
+    mean, std, median, p90, CV, ...) derive from the returned raw samples with ``trim``.
+    Whether a round is clean is judged by the coordinator (`profiler.convergence`).
     If a named file is not held: 409 ``missing_artifact`` with ``"missing": [{"filename",
     "sha256"}]``; upload those and retry.
 
@@ -55,6 +61,8 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import io
+import ipaddress
 import json
 import logging
 import os
@@ -85,7 +93,12 @@ _MiB = 1 << 20
 MAX_JSON_BYTES = _MiB
 _RETRY_AFTER_S = 5
 _DRAIN_BYTES = 4 * _MiB
+#: Longest time spent draining an unread body, in all (not per read).
 _DRAIN_TIMEOUT_S = 1.0
+#: A body may take `request_timeout_s` plus its length at this rate to arrive.
+_MIN_BODY_BYTES_PER_S = 64 * 1024
+#: How long a new connection waits for the slot of a slow one closed to make room.
+_EVICT_WAIT_S = 2.0
 
 
 @dataclass
@@ -103,7 +116,8 @@ class AgentConfig:
     cpus: list[int] | None = None
     allow_torchscript: bool = False
     max_connections: int = 32
-    socket_timeout_s: float = 60.0
+    socket_timeout_s: float = 60.0  # one read or write
+    request_timeout_s: float = 30.0  # a whole request head; a body gets its length at 64 KiB/s more
     log_level: int = logging.WARNING
     formats: tuple[str, ...] = field(init=False)
 
@@ -177,9 +191,9 @@ class Agent:
 
     def measure(self, request: dict[str, Any]) -> dict[str, Any]:
         self.check_kind(request["format"])
-        if request["threads"] > (len(self.config.cpus) if self.config.cpus else os.cpu_count() or 1):
-            raise WireError("invalid_field", f"threads={request['threads']} exceeds this agent's CPUs",
-                            field="threads")
+        threads = request["spec"]["threads"]
+        if threads > (len(self.config.cpus) if self.config.cpus else os.cpu_count() or 1):
+            raise WireError("invalid_field", f"threads={threads} exceeds this agent's CPUs", field="threads")
         with self.store.artifact(request["files"]) as folder:
             job = {k: v for k, v in request.items() if k != "files"}
             job.update(op="measure", dir=str(folder))
@@ -206,6 +220,32 @@ def _parse_query(query: str, allowed: set[str]) -> dict[str, str]:
     return values
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's input, read under its handler's deadline for the current request.
+
+    A per-read timeout alone lets a client that sends a byte now and then hold a
+    connection (and one of `--max-connections` slots) for as long as it likes.
+    """
+
+    def __init__(self, handler: "_Handler") -> None:
+        super().__init__()
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        handler = self._handler
+        remaining = handler.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive before its deadline")
+        handler.connection.settimeout(min(remaining, handler.timeout))
+        try:
+            return handler.connection.recv_into(buffer)
+        finally:
+            handler.connection.settimeout(handler.timeout)  # writes keep the per-operation timeout
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One connection: routes, authentication, bounded bodies, JSON errors."""
 
@@ -218,7 +258,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.timeout = self.server.agent.config.socket_timeout_s
+        self.deadline = time.monotonic() + self.server.agent.config.request_timeout_s
         super().setup()
+        self.rfile.close()  # read through the deadline instead (the socket stays open)
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def handle_one_request(self) -> None:
+        """Each request's head must arrive within `request_timeout_s` of waiting for it."""
+        self.deadline = time.monotonic() + self.server.agent.config.request_timeout_s
+        self.server.mark(self.connection, trusted=False)
+        super().handle_one_request()
 
     def finish(self) -> None:
         super().finish()
@@ -231,11 +280,12 @@ class _Handler(BaseHTTPRequestHandler):
         Closing a socket with unread input sends a reset, which can destroy the response
         before the client has read it.
         """
+        deadline = time.monotonic() + _DRAIN_TIMEOUT_S
         try:
             self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(_DRAIN_TIMEOUT_S)
             left = _DRAIN_BYTES
-            while left > 0:
+            while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining)
                 chunk = self.connection.recv(min(left, 65536))
                 if not chunk:
                     break
@@ -304,11 +354,15 @@ class _Handler(BaseHTTPRequestHandler):
         ok = hmac.compare_digest(given, expected)
         if not ok or scheme.lower() != "bearer":
             raise WireError("unauthorized", "missing or wrong token")
+        self.server.mark(self.connection, trusted=True)
 
     def _content_length(self, limit: int) -> int:
         if "Transfer-Encoding" in self.headers:
             raise WireError("length_required", "send a Content-Length; chunked bodies are not accepted")
-        raw = self.headers.get("Content-Length")
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:  # which one a proxy in front of us believed is anyone's guess
+            raise WireError("bad_request", "send exactly one Content-Length header")
+        raw = lengths[0] if lengths else None
         if raw is None:
             raise WireError("length_required", "a Content-Length header is required")
         if not raw.strip().isdigit():
@@ -317,6 +371,8 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit:
             raise WireError("payload_too_large", f"body of {length} bytes exceeds the limit of {limit} bytes",
                             limit_bytes=limit)
+        self.deadline = (time.monotonic() + self.server.agent.config.request_timeout_s
+                         + length / _MIN_BODY_BYTES_PER_S)
         return length
 
     def _read_json(self) -> Any:
@@ -431,23 +487,55 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class AgentServer(ThreadingHTTPServer):
-    """The HTTP server around an `Agent`, with a cap on simultaneous connections."""
+    """The HTTP server around an `Agent`, with a cap on simultaneous connections.
+
+    At the cap, the connection that has waited longest for a request it has not yet
+    authenticated (a slow or idle client) is closed to make room; connections whose
+    request passed the token check are never closed for a newcomer, who gets 503 busy.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
         self.agent = agent
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._connections = threading.BoundedSemaphore(agent.config.max_connections)
+        # open connection -> when its current, not yet authenticated request began (None: authenticated)
+        self._open: dict[socket.socket, float | None] = {}
+        self._open_lock = threading.Lock()
         super().__init__((host, port), _Handler)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def mark(self, connection: socket.socket, trusted: bool) -> None:
+        """Record whether `connection`'s current request has passed the token check."""
+        with self._open_lock:
+            if connection in self._open:
+                self._open[connection] = None if trusted else time.monotonic()
+
+    def _evict_slowest(self) -> bool:
+        """Close the connection waiting longest for an unauthenticated request; False if none is."""
+        with self._open_lock:
+            waiting = [(since, id(conn), conn) for conn, since in self._open.items() if since is not None]
+            if not waiting:
+                return False
+            _, _, victim = min(waiting)
+            self._open[victim] = None  # closed once only
+        logger.info("closing a slow unauthenticated connection to make room for a new one")
+        try:
+            victim.shutdown(socket.SHUT_RDWR)  # its thread sees the end of input and releases the slot
+        except OSError:
+            logger.debug("the connection to close was already closed")
+        return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._connections.acquire(blocking=False):
+        admitted = self._connections.acquire(blocking=False) or (
+            self._evict_slowest() and self._connections.acquire(timeout=_EVICT_WAIT_S))
+        if not admitted:
             logger.warning("refusing a connection from %s: too many open connections", client_address[0])
             try:
                 body = b'{"error": {"code": "busy", "message": "too many connections"}}'
@@ -458,13 +546,21 @@ class AgentServer(ThreadingHTTPServer):
                 logger.debug("could not tell %s it was refused", client_address[0])
             self.shutdown_request(request)
             return
+        with self._open_lock:
+            self._open[request] = time.monotonic()
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._open_lock:
+                self._open.pop(request, None)
             self._connections.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke in a way the handler did not expect: logged, never printed."""
+        logger.debug("connection from %s ended with an error", client_address[0], exc_info=True)
 
     def start(self) -> threading.Thread:
         """Serve in a daemon thread (tests, benchmarks); `close()` stops it."""
@@ -506,7 +602,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=1, help="threads reported by /v1/info by default")
     serve.add_argument("--cpus", help="CPUs to pin measurements to, like '2-3' (default: chosen "
                                       "from the thread count, highest CPUs first)")
-    serve.add_argument("--max-connections", type=int, default=32)
+    serve.add_argument("--max-connections", type=int, default=32,
+                       help="open connections at most; at the cap the slowest unauthenticated one is closed")
+    serve.add_argument("--request-timeout", type=float, default=30.0,
+                       help="seconds a whole request head may take to arrive (a body: that plus its "
+                            "length at 64 KiB/s), however slowly it trickles in")
     serve.add_argument("--allow-torchscript", action="store_true",
                        help="WARNING: also accept TorchScript archives. They can carry arbitrary code "
                             "that runs on this device with the agent's rights; enable it only when "
@@ -531,21 +631,31 @@ def _config(args: argparse.Namespace) -> AgentConfig:
     for name in ("cache_mb", "max_upload_mb", "queue", "threads", "max_connections"):
         if getattr(args, name) < (0 if name == "queue" else 1):
             raise HatprofError(f"--{name.replace('_', '-')} must be positive")
-    if args.time_limit <= 0 or args.queue_wait < 0:
-        raise HatprofError("--time-limit must be positive and --queue-wait non-negative")
+    if args.time_limit <= 0 or args.queue_wait < 0 or args.request_timeout <= 0:
+        raise HatprofError("--time-limit and --request-timeout must be positive and --queue-wait non-negative")
     return AgentConfig(
         token=read_token(args.token_file), cache_dir=args.cache_dir,
         max_cache_bytes=args.cache_mb * _MiB, max_upload_bytes=args.max_upload_mb * _MiB,
         time_limit_s=args.time_limit, queue=args.queue, queue_wait_s=args.queue_wait,
         threads=args.threads, cpus=sorted(parse_cpus(args.cpus)) if args.cpus else None,
         allow_torchscript=args.allow_torchscript, max_connections=args.max_connections,
+        request_timeout_s=args.request_timeout,
         log_level=max(logging.DEBUG, logging.WARNING - 10 * args.verbose),
     )
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(config: AgentConfig, host: str, port: int) -> AgentServer:
     """A started-up (bound, not yet serving) agent server."""
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not _is_loopback(host):
         logger.warning("binding %s: the token and the measurements travel unencrypted; prefer an SSH "
                        "tunnel or a private network", host)
     if config.allow_torchscript:

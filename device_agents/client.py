@@ -5,8 +5,11 @@
 run through the same code. Artifact files are uploaded by content hash only when the
 agent says it lacks them. Connection failures, 503 busy and a crashed worker are
 retried with exponential backoff; every other refusal is an `AgentError` carrying the
-agent's stable error code. Uses urllib only: no proxies, no redirects (the token must
-never travel anywhere but the named agent).
+agent's stable error code. A measure request waits at most `measure_deadline_s`, what
+the protocol should take at a generous allowance per run plus a margin (never more than
+the agent's own time limit and queue wait allow), and a measure that outlives its
+deadline is not retried: the agent has gone silent. Uses urllib only: no proxies, no
+redirects (the token must never travel anywhere but the named agent).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Any, Callable
 
 from device_agents.wire import PREFIX, RETRYABLE, artifact_files
 from profiler.errors import DeviceError
+from profiler.protocol import RoundSpec
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,16 @@ logger = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 << 20
 _CONNECTION_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout,
                       http.client.HTTPException)
+#: Seconds allowed per timed or warm-up run (one encoder pass and one beam-search decode) when
+#: deriving a measure request's deadline: a large SubTransformer takes seconds on a Raspberry Pi.
+PER_RUN_S = 30.0
+#: Fixed part of that deadline: uploads, the worker's start, the agent's queue.
+MARGIN_S = 120.0
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, (TimeoutError, socket.timeout)) or isinstance(
+        getattr(exc, "reason", None), (TimeoutError, socket.timeout))
 
 
 class AgentError(DeviceError):
@@ -66,13 +80,17 @@ class AgentClient:
 
     def __init__(self, url: str, token: str, timeout_s: float = 60.0, measure_timeout_s: float = 3900.0,
                  retries: int = 5, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, per_run_s: float = PER_RUN_S,
+                 margin_s: float = MARGIN_S) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path not in ("", "/"):
             raise DeviceError(f"agent address {url!r} is not like http://HOST:PORT")
         self.url = url.rstrip("/")
         self._token = token
         self.timeout_s, self.measure_timeout_s = timeout_s, measure_timeout_s
+        self.per_run_s, self.margin_s = per_run_s, margin_s
+        #: The agent's `limits` from its last /v1/info answer (time limit, queue wait), once known.
+        self.agent_limits: dict[str, Any] | None = None
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self._sleep = sleep
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
@@ -107,8 +125,11 @@ class AgentClient:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 content_type: str | None = None, timeout_s: float | None = None,
-                auth: bool = True) -> dict[str, Any]:
-        """One call, retried on connection errors and retryable codes; the JSON response."""
+                auth: bool = True, retry_timeouts: bool = True) -> dict[str, Any]:
+        """One call, retried on connection errors and retryable codes; the JSON response.
+
+        With `retry_timeouts` false, a call that gets no answer within `timeout_s` fails at once.
+        """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         last = ""
         for attempt in range(self.retries + 1):
@@ -122,6 +143,9 @@ class AgentClient:
                 last = str(error)
                 delay = max(delay, min(self.max_backoff_s, float(error.details.get("retry_after_s", 0))))
             except _CONNECTION_ERRORS as exc:
+                if not retry_timeouts and _timed_out(exc):
+                    raise AgentUnavailable(f"agent {self.url}: {method} {path} did not answer within "
+                                           f"{timeout_s:g} s") from None
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             except ValueError:
                 raise DeviceError(f"agent {self.url}: response to {method} {path} is not JSON") from None
@@ -137,7 +161,23 @@ class AgentClient:
         return self.request("GET", f"{PREFIX}/health", auth=False)
 
     def info(self, threads: int = 1) -> dict[str, Any]:
-        return self.request("GET", f"{PREFIX}/info?threads={int(threads)}")
+        response = self.request("GET", f"{PREFIX}/info?threads={int(threads)}")
+        limits = response.get("agent", {}).get("limits") if isinstance(response, dict) else None
+        if isinstance(limits, dict):
+            self.agent_limits = limits
+        return response
+
+    def measure_deadline_s(self, warmup: int, runs: int) -> float:
+        """Seconds one measure request may take before the agent counts as silent.
+
+        `(warmup + runs) * per_run_s + margin_s`, but no more than the agent's time limit
+        plus its queue wait plus the margin (once /v1/info told them), nor `measure_timeout_s`.
+        """
+        deadline = (warmup + runs) * self.per_run_s + self.margin_s
+        limits = [(self.agent_limits or {}).get(name) for name in ("time_limit_s", "queue_wait_s")]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in limits):
+            deadline = min(deadline, sum(limits) + self.margin_s)
+        return min(deadline, self.measure_timeout_s)
 
     def digests(self, artifact_dir: Path, fmt: str) -> dict[str, str]:
         """SHA-256 of each file of an artifact, remembered while the file is unchanged."""
@@ -159,17 +199,17 @@ class AgentClient:
         return self.request("PUT", f"{PREFIX}/artifacts/{sha}/{filename}", body=path.read_bytes(),
                             content_type="application/octet-stream")
 
-    def measure(self, artifact_dir: str | Path, fmt: str, *, seq_len: int, beam: int, warmup: int,
-                runs: int, threads: int, trim: float = 0.1) -> dict[str, Any]:
-        """One timed round on the agent, uploading missing files first; the agent's full response."""
+    def measure(self, artifact_dir: str | Path, fmt: str, spec: RoundSpec) -> dict[str, Any]:
+        """One timed round of `spec` on the agent, uploading missing files first; the agent's full response."""
         artifact_dir = Path(artifact_dir)
         files = self.digests(artifact_dir, fmt)
-        body = json.dumps({"artifact": {"format": fmt, "files": files}, "seq_len": seq_len, "beam": beam,
-                           "warmup": warmup, "runs": runs, "threads": threads, "trim": trim}).encode()
+        body = json.dumps({"artifact": {"format": fmt, "files": files}, **spec.to_dict()}).encode()
+        # the agent may first wait (bounded) for a hot board to cool down
+        deadline_s = self.measure_deadline_s(spec.warmup, spec.runs) + spec.cooldown_s
         for _ in range(3):  # a file evicted between upload and measure is uploaded again
             try:
                 return self.request("POST", f"{PREFIX}/measure", body, "application/json",
-                                    timeout_s=self.measure_timeout_s)
+                                    timeout_s=deadline_s, retry_timeouts=False)
             except AgentError as exc:
                 if exc.code != "missing_artifact":
                     raise
@@ -186,10 +226,9 @@ class RemoteTarget:
     """A device reached through one agent; the interface of `profiler.target.LocalTarget`."""
 
     def __init__(self, url: str, token: str, threads: int = 1, name: str | None = None,
-                 trim: float = 0.1, **client_options: Any) -> None:
+                 **client_options: Any) -> None:
         self.client = AgentClient(url, token, **client_options)
         self.threads = threads
-        self.trim = trim
         self.name = name or urllib.parse.urlsplit(url).netloc
         self._info: dict[str, Any] | None = None
 
@@ -206,12 +245,11 @@ class RemoteTarget:
             self._info = self.client.info(self.threads)["environment"]
         return self._info
 
-    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int, warmup: int, runs: int):
-        """One round on the device: a `profiler.target.RoundPair` of encoder and decoder samples."""
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
+        """One round of `spec` on the device: a `profiler.target.RoundPair`."""
         from profiler.target import RoundPair
 
-        response = self.client.measure(artifact_dir, fmt, seq_len=seq_len, beam=beam, warmup=warmup,
-                                       runs=runs, threads=self.threads, trim=self.trim)
+        response = self.client.measure(artifact_dir, fmt, spec)
         try:
             return RoundPair.from_dict(response["result"])
         except (KeyError, TypeError) as exc:
@@ -251,8 +289,8 @@ class PoolTarget:
     def info(self) -> dict[str, Any]:
         return self._first(lambda t: t.info())
 
-    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int, warmup: int, runs: int):
-        return self._first(lambda t: t.measure_round(artifact_dir, fmt, seq_len, beam, warmup, runs))
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
+        return self._first(lambda t: t.measure_round(artifact_dir, fmt, spec))
 
     def close(self) -> None:
         for target in self.targets:

@@ -14,11 +14,16 @@ retries) leaves the run; the architectures of its unfinished group go back to th
 queue for the device's other agents, and are never written twice because only the
 thread that measured an architecture writes it. What no agent could measure is
 reported per architecture with an error code, to be measured by the next rerun.
+
+An agent whose call (a round, or its info) has waited longer than `silence_s` (or three
+times its longest call so far) gets a progress line naming its device and address, so a stopped device is seen
+long before its client's deadline (`AgentClient.measure_deadline_s`) gives it up.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,11 +35,15 @@ from profiler.artifacts import get_artifact
 from profiler.dataset import DatasetWriter
 from profiler.errors import DeviceError, ErrorCode, HatprofError
 from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
-from profiler.protocol import TimingProtocol
+from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig
 from profiler.target import MeasureTarget
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a call may go unanswered before its agent is reported silent (at least three
+#: times the agent's longest call so far).
+SILENCE_S = 60.0
 
 
 @dataclass
@@ -56,10 +65,13 @@ class DeviceProgress:
     failed: int
     agents: int
     agents_live: int
+    silent: dict[str, float] = field(default_factory=dict)  # agent -> seconds without an answer
 
     def line(self) -> str:
-        return (f"{self.device}: {self.done}/{self.total} rows, {self.failed} failed, "
+        line = (f"{self.device}: {self.done}/{self.total} rows, {self.failed} failed, "
                 f"{self.agents_live}/{self.agents} agents")
+        return line + "".join(f"; agent {agent} silent for {seconds:.0f} s"
+                              for agent, seconds in sorted(self.silent.items()))
 
 
 @dataclass
@@ -139,28 +151,46 @@ class _LockedWriter:
 
 
 class _TrackedTarget:
-    """A target that remembers losing its agent, and then fails fast instead of retrying again."""
+    """A target that remembers losing its agent, and then fails fast instead of retrying again;
+    it also knows since when its current call waits for an answer."""
 
     def __init__(self, target: MeasureTarget) -> None:
         self.target = target
         self.name = target.name
         self.threads = target.threads
+        self.agent = str(getattr(target, "url", target))
         self.lost: AgentUnavailable | None = None
+        self.waiting_since: float | None = None  # time.monotonic() at the start of the call in flight
+        self.longest_s = 0.0
+        self.reported = False  # the call in flight was reported silent
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         if self.lost is not None:
             raise self.lost
+        self.reported, self.waiting_since = False, time.monotonic()
         try:
             return fn()
         except AgentUnavailable as exc:
             self.lost = exc
             raise
+        finally:
+            self.longest_s = max(self.longest_s, time.monotonic() - self.waiting_since)
+            self.waiting_since = None
 
     def info(self) -> dict[str, Any]:
         return self._call(self.target.info)
 
-    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int, warmup: int, runs: int):
-        return self._call(lambda: self.target.measure_round(artifact_dir, fmt, seq_len, beam, warmup, runs))
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
+        return self._call(lambda: self.target.measure_round(artifact_dir, fmt, spec))
+
+    def silent_for(self, now: float, silence_s: float) -> float | None:
+        """Seconds the call in flight has waited, when that is past the silence threshold
+        and not yet reported; else None."""
+        since = self.waiting_since
+        if since is None or self.reported or now - since <= max(silence_s, 3 * self.longest_s):
+            return None
+        self.reported = True
+        return now - since
 
     def close(self) -> None:
         self.target.close()
@@ -180,6 +210,7 @@ class _DeviceRun:
         self._lock = threading.Lock()
         self._live = len(device.targets)
         self._on_progress = on_progress
+        self.tracked: list[_TrackedTarget] = []
 
     def open(self) -> set[str]:
         """Open (resume) the device's file; the arch ids already in it."""
@@ -189,14 +220,24 @@ class _DeviceRun:
         self.report.already = len(wanted & self._raw_writer.done_ids)
         return set(self._raw_writer.done_ids)
 
-    def progress(self) -> None:
+    def progress(self, silent: dict[str, float] | None = None) -> None:
         if self._on_progress is None:
             return
         with self._lock:
             state = DeviceProgress(self.device.name, self.report.total,
                                    self.report.already + self.report.measured, len(self.report.failed),
-                                   len(self.device.targets), self._live)
+                                   len(self.device.targets), self._live, dict(silent or {}))
         self._on_progress(state)
+
+    def check_silence(self, silence_s: float) -> None:
+        """Warn about (and report in a progress line) agents whose call has gone unanswered too long."""
+        now = time.monotonic()
+        silent = {t.agent: waited for t in list(self.tracked)
+                  if (waited := t.silent_for(now, silence_s)) is not None}
+        for agent, waited in silent.items():
+            logger.warning("%s: agent %s has not answered for %.0f s", self.device.name, agent, waited)
+        if silent:
+            self.progress(silent)
 
     def _record(self, results: Iterable[ArchResult]) -> None:
         with self._lock:
@@ -210,6 +251,7 @@ class _DeviceRun:
     def agent_loop(self, target: MeasureTarget) -> None:
         """Measure groups from the queue on one agent until the queue ends or the agent is lost."""
         tracked = _TrackedTarget(target)
+        self.tracked.append(tracked)
         try:
             while tracked.lost is None:
                 chunk = self.queue.take(self.job.interleave)
@@ -284,12 +326,20 @@ def _export_ahead(archs: Sequence[ArchConfig], job: MeasureJob, runs: list[_Devi
             run.queue.close()
 
 
+def _watch_silence(runs: list[_DeviceRun], silence_s: float, stop: threading.Event) -> None:
+    while not stop.wait(min(1.0, silence_s / 2)):
+        for run in runs:
+            run.check_silence(silence_s)
+
+
 def collect(devices: Sequence[FleetDevice], archs: Sequence[ArchConfig], job: MeasureJob, out_dir: Path,
-            on_progress: Callable[[DeviceProgress], None] | None = None) -> dict[str, DeviceReport]:
+            on_progress: Callable[[DeviceProgress], None] | None = None,
+            silence_s: float = SILENCE_S) -> dict[str, DeviceReport]:
     """Measure `archs` on every device into `out_dir/<device>.csv`; a report per device.
 
     `job.protocol` is replaced by each device's own protocol; failures are per-architecture
-    results in the reports, never an aborted run.
+    results in the reports, never an aborted run. An agent whose call goes unanswered for
+    `silence_s` (or three times its longest call) is named in a warning and a progress line.
     """
     if not devices:
         raise DeviceError("no devices to collect on")
@@ -323,10 +373,16 @@ def collect(devices: Sequence[FleetDevice], archs: Sequence[ArchConfig], job: Me
             threads.extend(threading.Thread(target=run.agent_loop, args=(target,), daemon=True,
                                             name=f"hatprof-{run.device.name}-{i}")
                            for i, target in enumerate(run.device.targets))
+        stop_watching = threading.Event()
+        watchdog = threading.Thread(target=_watch_silence, args=(runs, silence_s, stop_watching),
+                                    name="hatprof-silence", daemon=True)
+        watchdog.start()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        stop_watching.set()
+        watchdog.join()
         for run in runs:
             run.reconcile(export_failed)
             reports[run.device.name] = run.report

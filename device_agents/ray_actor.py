@@ -38,8 +38,10 @@ class DeviceActor:
             (staging / name).write_bytes(data)
         staging.rename(self.root / key)
 
-    def measure_round(self, key: str, fmt: str, seq_len: int, beam: int, warmup: int, runs: int) -> dict:
-        pair = self.target.measure_round(self.root / key, fmt, seq_len, beam, warmup, runs)
+    def measure_round(self, key: str, fmt: str, spec: dict) -> dict:
+        from profiler.protocol import RoundSpec
+
+        pair = self.target.measure_round(self.root / key, fmt, RoundSpec.from_dict(spec))
         return pair.to_dict()
 
     def close(self) -> None:

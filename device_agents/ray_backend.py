@@ -31,7 +31,7 @@ from device_agents.fleet import FleetDevice
 from device_agents.ray_actor import DeviceActor
 from device_agents.wire import artifact_files
 from profiler.errors import DeviceError
-from profiler.protocol import TimingProtocol
+from profiler.protocol import RoundSpec, TimingProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RayTarget:
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
         return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest(), files
 
-    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int, warmup: int, runs: int):
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
         from profiler.target import RoundPair
 
         try:
@@ -87,8 +87,7 @@ class RayTarget:
             if key not in self._refs:
                 self._refs[key] = _ray().put(files)
             self._get(self.actor.load.remote(key, fmt, self._refs[key]))
-        return RoundPair.from_dict(self._get(self.actor.measure_round.remote(key, fmt, seq_len, beam,
-                                                                             warmup, runs)))
+        return RoundPair.from_dict(self._get(self.actor.measure_round.remote(key, fmt, spec.to_dict())))
 
     def close(self) -> None:
         try:

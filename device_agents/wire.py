@@ -5,7 +5,7 @@ The protocol itself is documented in `device_agents.agent`. Standard library and
 """
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import re
 import stat
@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from profiler.errors import DeviceError, ErrorCode
+from profiler.protocol import RoundSpec
 from profiler.workload import GRAPH_SUFFIX, GRAPHS, MANIFEST_NAME
-
-logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 PREFIX = f"/v{PROTOCOL_VERSION}"
@@ -77,8 +76,10 @@ def read_token(token_file: str | Path | None = None, token_env: str = TOKEN_ENV)
             mode = path.stat().st_mode
         except OSError as exc:
             raise DeviceError(f"cannot read token file {path}: {exc.strerror}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            logger.warning("token file %s is readable by other users: chmod 600 it", path)
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            # As ssh does with private keys: a token others can read is a token others can use.
+            raise DeviceError(f"token file {path} is open to other users (mode {stat.S_IMODE(mode):o}): "
+                              f"chmod 600 {path}")
         source = f"token file {path}"
     else:
         token = os.environ.get(token_env, "").strip()
@@ -110,9 +111,9 @@ class WireError(Exception):
 
 
 def _int_field(data: Mapping[str, Any], name: str, lowest: int, highest: int, default: int | None) -> int:
-    value = data.get(name, default)
-    if value is None:
+    if name not in data and default is None:
         raise WireError("missing_field", f"field {name!r} is required", field=name)
+    value = data.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
         raise WireError("invalid_field", f"{name} must be an integer in [{lowest}, {highest}]", field=name)
     return value
@@ -131,8 +132,11 @@ def check_fields(data: Any, allowed: set[str], what: str, code: str = "bad_json"
 #: Upper bounds on a measure request's settings: generous for real use, small enough that a
 #: typo cannot occupy a device for days (the agent's time limit still applies).
 MEASURE_LIMITS = {"warmup": (0, 10_000), "runs": (1, 100_000), "seq_len": (1, 4096),
-                  "beam": (1, 64), "threads": (1, 1024)}
-_MEASURE_FIELDS = {"artifact", "warmup", "runs", "seq_len", "beam", "threads", "trim"}
+                  "beam": (1, 64), "threads": (1, 1024), "canary_every": (0, 100_000)}
+#: Half-open ranges [low, high) of the real-valued settings.
+_NUMBER_LIMITS = {"trim": (0.0, 0.5), "max_temp_c": (1.0, 150.0), "cooldown_s": (0.0, 3600.0)}
+#: A measure request is an artifact and a `RoundSpec`, field by field.
+_MEASURE_FIELDS = {"artifact", *(f.name for f in dataclasses.fields(RoundSpec))}
 _ARTIFACT_FIELDS = {"format", "files"}
 
 
@@ -143,7 +147,7 @@ def parse_measure(data: Any) -> dict[str, Any]:
         raise WireError("missing_field", "field 'artifact' is required", field="artifact")
     artifact = check_fields(data["artifact"], _ARTIFACT_FIELDS, "artifact", "invalid_field")
     fmt = artifact.get("format")
-    if fmt not in GRAPH_SUFFIX:
+    if not isinstance(fmt, str) or fmt not in GRAPH_SUFFIX:
         raise WireError("invalid_field", f"artifact format must be one of {', '.join(GRAPH_SUFFIX)}",
                         field="format")
     files = artifact.get("files")
@@ -154,11 +158,13 @@ def parse_measure(data: Any) -> dict[str, Any]:
         raise WireError("bad_filename", f"a {fmt} artifact consists of exactly: {', '.join(sorted(expected))}")
     if not all(is_sha256(sha) for sha in files.values()):
         raise WireError("bad_hash", "artifact file digests must be 64 lower-case hex digits")
-    trim = data.get("trim", 0.1)
-    if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 <= trim < 0.5:
-        raise WireError("invalid_field", "trim must be a number in [0, 0.5)", field="trim")
-    settings: dict[str, Any] = {"format": fmt, "files": dict(files), "trim": float(trim)}
-    defaults = {"warmup": 5, "runs": 300, "seq_len": 30, "beam": 5, "threads": 1}
-    for name, (lowest, highest) in MEASURE_LIMITS.items():
-        settings[name] = _int_field(data, name, lowest, highest, defaults[name])
+    defaults = RoundSpec().to_dict()
+    spec = {name: _int_field(data, name, lowest, highest, defaults[name])
+            for name, (lowest, highest) in MEASURE_LIMITS.items()}
+    for name, (lowest, highest) in _NUMBER_LIMITS.items():
+        value = data.get(name, defaults[name])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lowest <= value < highest:
+            raise WireError("invalid_field", f"{name} must be a number in [{lowest:g}, {highest:g})", field=name)
+        spec[name] = float(value)
+    settings: dict[str, Any] = {"format": fmt, "files": dict(files), "spec": spec}
     return settings

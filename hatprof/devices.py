@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
+from profiler.convergence import ArchRounds
 from profiler.errors import HatprofError
 from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
 from profiler.protocol import TimingProtocol
@@ -45,12 +47,53 @@ def progress_bar(total: int, label: str):
     return click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True, show_pos=True)
 
 
+class MeasureProgress:
+    """The bar of a measurement: one step per timed round (more steps appear when an
+    architecture needs extra rounds), with a running count of clean rows, rows with rounds
+    measured again, and rows flagged unstable."""
+
+    def __init__(self, bar, planned_rounds: int) -> None:
+        self.bar, self.planned = bar, planned_rounds
+        self.rounds: dict[str, int] = {}
+        self.counts = {"clean": 0, "re-measured": 0, "unstable": 0, "failed": 0}
+
+    def status(self) -> str:
+        return "  ".join(f"{k} {v}" for k, v in self.counts.items() if v or k != "failed")
+
+    def on_round(self, arch: ArchConfig, state: ArchRounds) -> None:
+        seen = self.rounds[arch.arch_id] = self.rounds.get(arch.arch_id, 0) + 1
+        if seen > self.planned:
+            self.bar.length += 1
+        self.bar.update(1, self.status())
+
+    def on_result(self, result: ArchResult) -> None:
+        if not result.ok:
+            self.counts["failed"] += 1
+        elif result.row["unstable"]:
+            self.counts["unstable"] += 1
+        else:
+            self.counts["re-measured" if result.row["rounds_discarded"] else "clean"] += 1
+        left = self.planned - self.rounds.get(result.arch.arch_id, 0)
+        self.bar.update(max(left, 0), self.status())  # a failed architecture's rounds are not coming
+
+
 def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget, out: Path,
-                resume: bool, device: str) -> list[ArchResult]:
-    """Measure `archs` into `out` with a progress bar; the shared body of measure and demo."""
+                resume: bool, device: str,
+                on_result: Callable[[ArchResult], None] | None = None) -> list[ArchResult]:
+    """Measure `archs` into `out` with a progress bar (ETA, clean/re-measured/unstable counts);
+    `on_result` hears of each row as it is written. The shared body of measure and demo."""
     with open_dataset(out, job, device, getattr(target, "targets", [target]), resume) as writer:
         todo = [a for a in archs if a.arch_id not in writer.done_ids]
         if len(todo) < len(archs):
             click.echo(f"resuming: {len(archs) - len(todo)} of {len(archs)} already in {out}", err=True)
-        with progress_bar(len(todo), f"measuring on {device}") as bar:
-            return measure_archs(todo, job, target, writer, on_result=lambda result: bar.update(1))
+        planned = len(job.protocol.runs_per_round())
+        with click.progressbar(length=len(todo) * planned, label=f"measuring on {device}", file=sys.stderr,
+                               show_eta=True, show_pos=True, item_show_func=lambda status: status) as bar:
+            progress = MeasureProgress(bar, planned)
+
+            def finished(result: ArchResult) -> None:
+                progress.on_result(result)
+                if on_result is not None:
+                    on_result(result)
+
+            return measure_archs(todo, job, target, writer, on_result=finished, on_round=progress.on_round)

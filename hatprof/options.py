@@ -36,13 +36,34 @@ def protocol_options(command):
     defaults = TimingProtocol()
     options = [
         click.option("--runs", type=int, default=defaults.runs, show_default=True,
-                     help="Timed runs per architecture and part (split over the rounds)."),
+                     help="Timed runs per architecture and part that the label is made of (HAT: 300); "
+                          "converging, at least this many clean ones."),
         click.option("--warmup", type=int, default=defaults.warmup, show_default=True,
                      help="Untimed runs before each round."),
         click.option("--trim", type=float, default=defaults.trim, show_default=True,
                      help="Fraction of fastest and of slowest runs dropped before the mean."),
-        click.option("--rounds", type=int, default=defaults.rounds, show_default=True,
-                     help="Separate rounds per architecture, interleaved over architectures."),
+        click.option("--rounds", type=int, default=None,
+                     help="Rounds the runs are split into, interleaved over architectures; converging, "
+                          f"at least this many clean ones.  [default: {defaults.rounds}; "
+                          f"{TimingProtocol.hat().rounds} with --fixed]"),
+        click.option("--precision", type=float, default=defaults.precision, show_default=True,
+                     help="Converge: time more rounds until the 95% interval of the label across clean "
+                          "rounds is within +-this fraction (or a budget below is spent)."),
+        click.option("--max-rounds", type=int, default=defaults.max_rounds, show_default=True,
+                     help="Budget: rounds per architecture, clean or discarded."),
+        click.option("--max-seconds", type=float, default=None,
+                     help="Budget: seconds of timing per architecture.  [default: no limit]"),
+        click.option("--fixed", is_flag=True,
+                     help="HAT's fixed protocol instead: exactly --runs runs in --rounds rounds, every "
+                          "round kept, none added (for exact replication of HAT's numbers)."),
+        click.option("--canary-every", type=int, default=defaults.canary_every, show_default=True,
+                     help="Time the reference kernel (canary) every this many runs, to spot disturbed "
+                          "rounds (0: never)."),
+        click.option("--max-temp", "max_temp_c", type=float, default=defaults.max_temp_c, show_default=True,
+                     help="Before a round, wait while the board is this hot (degrees C) or its firmware "
+                          "says it is throttled..."),
+        click.option("--cooldown", "cooldown_s", type=float, default=defaults.cooldown_s, show_default=True,
+                     help="...but at most this many seconds (then the round is timed, and discarded)."),
         click.option("--threads", type=int, default=defaults.threads, show_default=True,
                      help="Runtime threads, each pinned to its own CPU."),
         click.option("--seq-len", type=int, default=defaults.seq_len, show_default=True,
@@ -50,19 +71,34 @@ def protocol_options(command):
         click.option("--beam", type=int, default=defaults.beam, show_default=True,
                      help="Beam size of the timed decode (HAT: 5)."),
     ]
+    names = ("runs", "warmup", "trim", "rounds", "precision", "max_rounds", "max_seconds", "canary_every",
+             "max_temp_c", "cooldown_s", "threads", "seq_len", "beam")
 
     @functools.wraps(command)
-    def wrapper(*args, runs, warmup, trim, rounds, threads, seq_len, beam, **kwargs):
+    def wrapper(*args, fixed: bool, **kwargs):
+        settings = {name: kwargs.pop(name) for name in names}
+        if settings["rounds"] is None:
+            settings["rounds"] = TimingProtocol.hat().rounds if fixed else defaults.rounds
+        if fixed:
+            settings["precision"] = 0.0
         try:
-            protocol = TimingProtocol(warmup=warmup, runs=runs, trim=trim, rounds=rounds,
-                                      threads=threads, seq_len=seq_len, beam=beam)
+            protocol = TimingProtocol(**settings)
         except HatprofError as exc:
-            raise click.BadParameter(str(exc)) from None
+            raise click.BadParameter(str(exc), param_hint=_option_named(str(exc))) from None
         return command(*args, protocol=protocol, **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+_OPTION_OF_FIELD = {"max_temp_c": "--max-temp", "cooldown_s": "--cooldown"}
+
+
+def _option_named(message: str) -> str | None:
+    """The option a protocol error is about (its messages start with the field's name)."""
+    field = message.split()[0].strip("(") if message else ""
+    return _OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-")) if field.isidentifier() else None
 
 
 def cpus_option(command):

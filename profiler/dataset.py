@@ -19,12 +19,14 @@ import os
 import statistics
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from profiler.errors import DatasetError, HatprofError
+from profiler.convergence import interval
 from profiler.protocol import ROUND_SPREAD_LIMIT, Measurement, TimingProtocol, spread
 from profiler.space import ArchConfig, DesignSpace
 from profiler.vocabulary import HAT_COLUMNS, HAT_FEATURES, HAT_LATENCY_COLUMNS  # noqa: F401 (re-exported)
@@ -36,15 +38,21 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 
-#: The settings every row of one file shares.
-SETTINGS = ("space", "device", "host", "runtime", "format", "runs", "warmup", "trim", "rounds",
-            "threads", "seq_len", "beam", "vocab")
-_INT_SETTINGS = frozenset({"runs", "warmup", "rounds", "threads", "seq_len", "beam", "vocab"})
+#: The settings every row of one file shares: what was measured (the space by name and by
+#: content), where (device, host, CPU model), with what (runtime and its version, format) and how
+#: (the timing protocol; `precision` 0 is HAT's fixed protocol).
+SETTINGS = ("space", "space_digest", "device", "host", "cpu_model", "runtime", "runtime_version", "format",
+            "runs", "warmup", "trim", "rounds", "precision", "max_rounds", "threads", "seq_len", "beam", "vocab")
+_INT_SETTINGS = frozenset({"runs", "warmup", "rounds", "max_rounds", "threads", "seq_len", "beam", "vocab"})
+_FRACTION_SETTINGS = {"trim": 0.5, "precision": 1.0}
 _STAT_COLUMNS = ("latency_median_ms", "latency_min_ms", "cv_encoder", "cv_decoder",
-                 "round_spread", "other_cpu", "unstable")
+                 "round_spread", "interval", "other_cpu", "unstable")
+#: How a row's label was reached: rounds kept and discarded (and why), time spent, heat waits.
+_QUALITY_COLUMNS = ("converged", "rounds_used", "rounds_discarded", "discarded_why", "device_s", "gate_wait_s")
 COLUMNS = (HAT_COLUMNS + ("latency_ms", "arch_id", "arch") + SETTINGS + ("cpus",)
-           + _STAT_COLUMNS + ("measured_at",))
-_TEXT_COLUMNS = ("arch_id", "arch", "space", "device", "host", "runtime", "format", "cpus", "measured_at")
+           + _STAT_COLUMNS + _QUALITY_COLUMNS + ("measured_at",))
+_TEXT_COLUMNS = ("arch_id", "arch", "space", "space_digest", "device", "host", "cpu_model", "runtime",
+                 "runtime_version", "format", "cpus", "discarded_why", "measured_at")
 _NS_PER_MS = 1e6
 #: Floats must read back exactly; pandas 3 does so by default and deprecates the option.
 _EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
@@ -78,13 +86,13 @@ def _setting_text(name: str, value: Any) -> str:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise DatasetError(f"setting {name} must be a non-negative integer, got {value!r}")
         return str(value)
-    if name == "trim":
+    if name in _FRACTION_SETTINGS:
         try:
             number = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
             number = math.nan
-        if not 0 <= number < 0.5:
-            raise DatasetError(f"setting trim must be a number in [0, 0.5), got {value!r}")
+        if not 0 <= number < _FRACTION_SETTINGS[name]:
+            raise DatasetError(f"setting {name} must be a number in [0, {_FRACTION_SETTINGS[name]:g}), got {value!r}")
         return repr(number)
     if not isinstance(value, str) or not value or "\n" in value:
         raise DatasetError(f"setting {name} must be a non-empty one-line string, got {value!r}")
@@ -102,14 +110,15 @@ def normalize_settings(settings: Mapping[str, Any]) -> dict[str, str]:
     return {name: _setting_text(name, settings[name]) for name in SETTINGS}
 
 
-def make_settings(space: DesignSpace, protocol: TimingProtocol, *, device: str, host: str,
-                  runtime: str, fmt: str) -> dict[str, str]:
+def make_settings(space: DesignSpace, protocol: TimingProtocol, *, device: str, host: str, cpu_model: str,
+                  runtime: str, runtime_version: str, fmt: str) -> dict[str, str]:
     """The settings of a measurement run, from its space, protocol and target."""
     return normalize_settings({
-        "space": space.name, "device": device, "host": host, "runtime": runtime, "format": fmt,
-        "runs": protocol.runs, "warmup": protocol.warmup, "trim": protocol.trim,
-        "rounds": protocol.rounds, "threads": protocol.threads, "seq_len": protocol.seq_len,
-        "beam": protocol.beam, "vocab": space.tgt_vocab,
+        "space": space.name, "space_digest": space.digest, "device": device, "host": host,
+        "cpu_model": cpu_model, "runtime": runtime, "runtime_version": runtime_version, "format": fmt,
+        "runs": protocol.runs, "warmup": protocol.warmup, "trim": protocol.trim, "rounds": protocol.rounds,
+        "precision": protocol.precision, "max_rounds": protocol.max_rounds, "threads": protocol.threads,
+        "seq_len": protocol.seq_len, "beam": protocol.beam, "vocab": space.tgt_vocab,
     })
 
 
@@ -299,8 +308,31 @@ class DatasetWriter:
         self.close()
 
 
-def _statistics(encoder: Measurement, decoder: Measurement) -> dict[str, Any]:
-    """Every statistic column of a row, from the two measurements alone."""
+@dataclass(frozen=True)
+class RowQuality:
+    """How a row's label was reached (see `profiler.convergence`): None `converged` for HAT's
+    fixed protocol; the rounds accepted (when that is not all of the label's: none was, and
+    the label, flagged, is made of all rounds); the rounds discarded by reason, with their
+    samples; device and heat-wait time."""
+
+    converged: bool | None = None
+    rounds_used: int | None = None
+    rounds_discarded: Mapping[str, int] = field(default_factory=dict)
+    device_s: float = 0.0
+    gate_wait_s: float = 0.0
+    discarded_rounds: list[Mapping[str, Any]] = field(default_factory=list)
+
+    def columns(self, rounds: int) -> dict[str, Any]:
+        """The quality columns of a row whose label is made of `rounds` rounds."""
+        return {"converged": self.converged, "rounds_used": rounds if self.rounds_used is None else self.rounds_used,
+                "rounds_discarded": sum(self.rounds_discarded.values()),
+                "discarded_why": " ".join(f"{k}={v}" for k, v in sorted(self.rounds_discarded.items())),
+                "device_s": self.device_s, "gate_wait_s": self.gate_wait_s}
+
+
+def _statistics(encoder: Measurement, decoder: Measurement, converged: bool | None = None) -> dict[str, Any]:
+    """Every statistic column of a row, from the two measurements alone (and, for a converging
+    measurement, whether it converged: then `unstable` means it did not)."""
     if encoder.round_sizes != decoder.round_sizes:
         raise DatasetError(f"encoder and decoder were timed in different rounds "
                            f"({list(encoder.round_sizes)} vs {list(decoder.round_sizes)})")
@@ -319,29 +351,36 @@ def _statistics(encoder: Measurement, decoder: Measurement) -> dict[str, Any]:
         "cv_encoder": encoder.cv,
         "cv_decoder": decoder.cv,
         "round_spread": round_spread,
+        "interval": interval(total_rounds),
         "other_cpu": max(others) if others else None,
-        "unstable": encoder.unstable or decoder.unstable or round_spread > ROUND_SPREAD_LIMIT,
+        "unstable": (not converged if converged is not None
+                     else encoder.unstable or decoder.unstable or round_spread > ROUND_SPREAD_LIMIT),
     }
 
 
 def row_from_measurement(arch: ArchConfig, space: DesignSpace, settings: Mapping[str, Any],
                          encoder: Measurement, decoder: Measurement, environment: Mapping[str, Any],
+                         quality: RowQuality | None = None,
                          measured_at: dt.datetime | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The CSV row and the raw-samples line of one measured architecture."""
+    """The CSV row and the raw-samples line of one measured architecture (the label's samples
+    in `encoder_ms`/`decoder_ms`, the discarded rounds' apart)."""
+    quality = quality or RowQuality()
     settings = normalize_settings(settings)
     arch.validate(space)
     if settings["space"] != space.name or settings["vocab"] != str(space.tgt_vocab):
         raise DatasetError(f"settings name space {settings['space']!r} with vocab {settings['vocab']}, "
                            f"but the architecture is from {space.name!r} with vocab {space.tgt_vocab}")
+    fixed = float(settings["precision"]) == 0
     for part, m in (("encoder", encoder), ("decoder", decoder)):
-        if (repr(m.trim) != settings["trim"] or str(m.n) != settings["runs"]
-                or str(len(m.round_sizes)) != settings["rounds"]):
+        if repr(m.trim) != settings["trim"] or fixed and (
+                str(m.n) != settings["runs"] or str(len(m.round_sizes)) != settings["rounds"]):
             raise DatasetError(f"the {part} was timed with trim={m.trim}, {m.n} runs in {len(m.round_sizes)} "
                                f"rounds; the settings say trim={settings['trim']}, runs={settings['runs']}, "
                                f"rounds={settings['rounds']}")
     when = measured_at or dt.datetime.now(dt.timezone.utc)
     row: dict[str, Any] = dict(zip(HAT_FEATURES, arch.hat_features()))
-    row.update(_statistics(encoder, decoder))
+    row.update(_statistics(encoder, decoder, quality.converged))
+    row.update(quality.columns(len(encoder.round_sizes)))
     row.update(settings)
     row.update(arch_id=arch.arch_id, arch=arch.canonical_json(), cpus=str(environment.get("affinity", "")),
                measured_at=when.astimezone(dt.timezone.utc).isoformat(timespec="seconds"))
@@ -351,6 +390,8 @@ def row_from_measurement(arch: ArchConfig, space: DesignSpace, settings: Mapping
         "decoder_ms": [s / _NS_PER_MS for s in decoder.samples_ns],
         "round_sizes": list(encoder.round_sizes),
         "other_cpu": {"encoder": list(encoder.other_cpu), "decoder": list(decoder.other_cpu)},
+        "converged": quality.converged,
+        "discarded_rounds": list(quality.discarded_rounds),
         "environment": dict(environment),
     }
     return {c: row[c] for c in COLUMNS}, raw
@@ -371,11 +412,12 @@ def recompute_from_raw(raw_line: str | Mapping[str, Any], trim: float) -> dict[s
                 other_cpu=tuple(raw["other_cpu"][part]),
                 trim=trim,
             ))
+        converged = raw.get("converged")
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"malformed raw-samples line: {exc}") from None
     except HatprofError as exc:
         raise DatasetError(f"inconsistent raw-samples line: {exc}") from None
-    return _statistics(*parts)
+    return _statistics(*parts, converged)
 
 
 #: Which latency a row states: HAT's trimmed mean (as written), or one recomputed from the raw samples.

@@ -11,17 +11,21 @@ becomes a result with an error code, never an aborted batch.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from profiler.artifacts import get_artifact
-from profiler.dataset import DatasetWriter, make_settings, row_from_measurement
-from profiler.errors import ErrorCode, HatprofError
-from profiler.protocol import Measurement, TimingProtocol
+from profiler.convergence import ArchRounds, CanaryReference
+from profiler.dataset import DatasetWriter, RowQuality, make_settings, row_from_measurement
+from profiler.errors import DatasetError, ErrorCode, HatprofError
+from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
-from profiler.target import MeasureTarget, RoundPair
+from profiler.target import MeasureTarget
 
 if TYPE_CHECKING:
     from profiler.model import SubTransformer
@@ -64,42 +68,78 @@ def _artifact(job: MeasureJob, arch: ArchConfig) -> Path:
 
 
 def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchConfig],
-                   artifacts: Sequence[Path]) -> tuple[list[list[RoundPair]], dict[str, str]]:
-    """All rounds of a group, interleaved: round r of every architecture before round r + 1.
+                   artifacts: Sequence[Path], reference: CanaryReference,
+                   on_round: Callable[[ArchConfig, ArchRounds], None] | None) -> tuple[list[ArchRounds], dict[str, str]]:
+    """The rounds of a group, interleaved: one round of every unfinished architecture per pass,
+    in a fresh seeded random order after the first pass (randomized multiple interleaved
+    trials, after Abedi and Brecht), until each architecture is done (see `ArchRounds`).
 
     Returns each architecture's rounds and the errors of those that failed (then skipped).
     """
-    rounds: list[list[RoundPair]] = [[] for _ in archs]
+    states = [ArchRounds(job.protocol) for _ in archs]
     failed: dict[str, str] = {}
     p = job.protocol
-    for runs in p.runs_per_round():
-        for i, (arch, artifact) in enumerate(zip(archs, artifacts)):
-            if arch.arch_id in failed:
-                continue
+    planned = p.runs_per_round()
+    order = random.Random(",".join(a.arch_id for a in archs))
+    items = list(zip(archs, artifacts, states))
+    for pass_no in itertools.count():
+        pending = [item for item in items if item[0].arch_id not in failed and not item[2].done]
+        if not pending:
+            break
+        if pass_no:
+            order.shuffle(pending)
+        spec = p.round_spec(planned[pass_no] if pass_no < len(planned) else p.round_runs)
+        for arch, artifact, state in pending:
+            start = time.monotonic()
             try:
-                rounds[i].append(target.measure_round(artifact, job.fmt, p.seq_len, p.beam, p.warmup, runs))
+                pair = target.measure_round(artifact, job.fmt, spec)
             except HatprofError as exc:
                 logger.warning("architecture %s: measurement failed: %s", arch.arch_id, exc)
                 failed[arch.arch_id] = str(exc)
-    return rounds, failed
+                continue
+            reference.update(pair)
+            reason = state.add(pair, time.monotonic() - start, reference.fastest_ns)
+            if reason:
+                logger.info("architecture %s: round %d discarded (%s)", arch.arch_id, len(state.pairs), reason)
+            if on_round is not None:
+                on_round(arch, state)
+    return states, failed
 
 
-def _to_row(job: MeasureJob, arch: ArchConfig, rounds: list[RoundPair], settings: dict[str, str],
+def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict[str, str],
             environment: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    trim = job.protocol.trim
-    encoder = Measurement.from_rounds([r.encoder for r in rounds], trim)
-    decoder = Measurement.from_rounds([r.decoder for r in rounds], trim)
-    env = {**environment, "rounds": [{"before": r.before, "after": r.after} for r in rounds],
+    encoder, decoder = state.measurements()
+    verdicts = state.verdicts()
+    accepted = verdicts.count(None)
+    env = {**environment,
+           "rounds": [{"before": r.before, "after": r.after, "gate": r.gate, "verdict": v,
+                       "canary_ns": {"encoder": list(r.encoder.canary_ns), "decoder": list(r.decoder.canary_ns)}}
+                      for r, v in zip(state.pairs, verdicts)],
            "warnings": {"encoder": encoder.warnings(), "decoder": decoder.warnings()}}
-    return row_from_measurement(arch, job.space, settings, encoder, decoder, env)
+    quality = RowQuality(
+        converged=state.converged if job.protocol.converging else None,
+        rounds_used=accepted,
+        rounds_discarded=dict(state.discarded()),
+        device_s=state.seconds,
+        gate_wait_s=sum(float(r.gate.get("waited_s", 0.0)) for r in state.pairs),
+        discarded_rounds=[{"reason": v, "encoder_ms": [s / 1e6 for s in r.encoder.samples_ns],
+                           "decoder_ms": [s / 1e6 for s in r.decoder.samples_ns]}
+                          for r, v in zip(state.pairs, verdicts) if v is not None and accepted],
+    )
+    return row_from_measurement(arch, job.space, settings, encoder, decoder, env, quality)
 
 
 def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureTarget,
                   writer: DatasetWriter,
-                  on_result: Callable[[ArchResult], None] | None = None) -> list[ArchResult]:
-    """Measure every architecture not yet in `writer`, writing each row as its group finishes."""
+                  on_result: Callable[[ArchResult], None] | None = None,
+                  on_round: Callable[[ArchConfig, ArchRounds], None] | None = None) -> list[ArchResult]:
+    """Measure every architecture not yet in `writer`, writing each row as its group finishes.
+
+    `on_round` hears of every timed round (for progress), `on_result` of every finished row.
+    """
     todo = [a for a in archs if a.arch_id not in writer.done_ids]
     environment = target.info()
+    reference = CanaryReference()
     results: list[ArchResult] = []
 
     def report(result: ArchResult) -> None:
@@ -118,15 +158,15 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                 report(ArchResult(arch, error=ErrorCode.EXPORT_FAILED, message=str(exc)))
         attempts = {a.arch_id: 0 for a in group}
         while group:
-            measured, failed = _measure_group(job, target, group, artifacts)
+            measured, failed = _measure_group(job, target, group, artifacts, reference, on_round)
             retry, retry_artifacts = [], []
-            for arch, artifact, rounds in zip(group, artifacts, measured):
+            for arch, artifact, state in zip(group, artifacts, measured):
                 attempts[arch.arch_id] += 1
                 if arch.arch_id in failed:
                     report(ArchResult(arch, error=ErrorCode.MEASURE_FAILED, message=failed[arch.arch_id],
                                       attempts=attempts[arch.arch_id]))
                     continue
-                row, raw = _to_row(job, arch, rounds, writer.settings, environment)
+                row, raw = _to_row(job, arch, state, writer.settings, environment)
                 if row["unstable"] and attempts[arch.arch_id] <= job.retry_unstable:
                     logger.info("architecture %s unstable, measuring again", arch.arch_id)
                     retry.append(arch)
@@ -139,19 +179,41 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
 
 
 RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "eager": "pytorch"}
+#: The library whose version is a runtime's version.
+_RUNTIME_LIBRARY = {"onnx": "onnxruntime", "torchscript": "torch", "eager": "torch"}
 
 
-def dataset_host(device: str, targets: Sequence[MeasureTarget]) -> str:
-    """The `host` setting of a device's file: its agent's host name, or the device name when
-    several agents (several machines of one kind, any of which may answer on a rerun) share it."""
-    if len(targets) > 1:
-        return device
-    return str(targets[0].info().get("hostname") or device)
+def _agreed(device: str, what: str, values: Sequence[str]) -> str:
+    if len(set(values)) > 1:
+        raise DatasetError(f"the agents of device {device!r} report different {what}s ({', '.join(sorted(set(values)))}); "
+                           "give machines that differ their own device names")
+    return values[0]
+
+
+def dataset_settings(job: MeasureJob, device: str, targets: Sequence[MeasureTarget]) -> dict[str, str]:
+    """The settings of `device`'s file: the job's space and protocol, and from the targets' own
+    environment records the host (or the device name when several agents, several machines of
+    one kind any of which may answer on a rerun, share it), the CPU model and runtime version."""
+    infos, unreachable = [], None
+    for target in targets:  # a device's file opens while any of its agents answers
+        try:
+            infos.append(target.info())
+        except HatprofError as exc:
+            unreachable = exc
+    if not infos:
+        raise unreachable or DatasetError(f"device {device!r} has no targets")
+    library = _RUNTIME_LIBRARY[job.fmt]
+    return make_settings(
+        job.space, job.protocol, device=device,
+        host=device if len(targets) > 1 else str(infos[0].get("hostname") or device),
+        cpu_model=_agreed(device, "CPU model", [str(i.get("cpu_model") or "unknown") for i in infos]),
+        runtime=RUNTIMES[job.fmt],
+        runtime_version=_agreed(device, f"{library} version",
+                                [str((i.get("libraries") or {}).get(library) or "unknown") for i in infos]),
+        fmt=job.fmt)
 
 
 def open_dataset(path: Path, job: MeasureJob, device: str, targets: Sequence[MeasureTarget],
                  resume: bool) -> DatasetWriter:
     """The dataset file for measurements of `job` on `device` (measured by `targets`)."""
-    settings = make_settings(job.space, job.protocol, device=device, host=dataset_host(device, targets),
-                             runtime=RUNTIMES[job.fmt], fmt=job.fmt)
-    return DatasetWriter(path, settings, resume=resume)
+    return DatasetWriter(path, dataset_settings(job, device, targets), resume=resume)

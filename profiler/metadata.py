@@ -232,16 +232,17 @@ def _library_version(module: str, distributions: Iterable[str]) -> str | None:
 
 
 def library_versions() -> dict[str, str | None]:
-    """numpy, psutil, onnxruntime and hatprof; torch only if it is already imported."""
+    """numpy, psutil, onnxruntime and hatprof; torch where it is installed (read from its
+    package metadata, never imported: the device side must not load it)."""
     versions = {
         "hatprof": _library_version("hatprof", ("hatprof",)),
         "numpy": np.__version__,
         "psutil": psutil.__version__,
         "onnxruntime": _library_version("onnxruntime", _ORT_DISTRIBUTIONS),
     }
-    torch = sys.modules.get("torch")
+    torch = _library_version("torch", ("torch",))
     if torch is not None:
-        versions["torch"] = str(getattr(torch, "__version__", "unknown"))
+        versions["torch"] = torch
     return versions
 
 

@@ -87,47 +87,152 @@ def trimmed_mean(samples: Sequence[float], trim: float) -> float:
     return sum(middle) / len(middle)
 
 
+def _check_number(name: str, value: Any, lowest: float, highest: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lowest <= value < highest:
+        bounds = f"[{lowest:g}, {highest:g})" if math.isfinite(highest) else f"at least {lowest:g}"
+        raise ProtocolError(f"{name} must be a number {bounds}, got {value!r}")
+    return float(value)
+
+
+_COUNT_FIELDS = {"warmup": 0, "runs": 1, "rounds": 1, "seq_len": 1, "beam": 1, "threads": 1,
+                 "max_rounds": 1, "canary_every": 0}
+
+
 @dataclass(frozen=True)
 class TimingProtocol:
-    """How one SubTransformer is timed; the same values go into every dataset row."""
+    """How one SubTransformer is timed; the same values go into every dataset row.
+
+    Converging (the default, `precision` > 0): rounds of `round_runs` timed runs go on,
+    interleaved over architectures, until at least `runs` runs in at least `rounds` clean
+    rounds are accepted and the 95% confidence interval of the label across rounds is within
+    ±`precision`, or `max_rounds` rounds (clean or not) or `max_seconds` are spent. Rounds
+    disturbed by other load (the canary timed every `canary_every` runs, CPU taken by other
+    processes, heat or clock throttling, a round mean far from the others) are measured
+    again instead of averaged in. The label stays HAT's: the trimmed mean of the accepted runs.
+
+    Fixed (`precision` 0): HAT's protocol exactly: `runs` timed runs in `rounds` rounds,
+    every one kept.
+    """
 
     warmup: int = 5
     runs: int = 300
     trim: float = 0.1
-    rounds: int = 3
+    rounds: int = 6
     seq_len: int = 30
     beam: int = 5
     threads: int = 1
+    precision: float = 0.01
+    max_rounds: int = 30
+    max_seconds: float | None = None
+    canary_every: int = 10
+    max_temp_c: float = 80.0
+    cooldown_s: float = 120.0
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name == "trim":
-                continue
-            _check_count(f.name, getattr(self, f.name), 0 if f.name == "warmup" else 1)
+        for name, lowest in _COUNT_FIELDS.items():
+            _check_count(name, getattr(self, name), lowest)
         object.__setattr__(self, "trim", _check_trim(self.trim))
+        object.__setattr__(self, "precision", _check_number("precision", self.precision, 0.0, 1.0))
+        if self.max_seconds is not None:
+            object.__setattr__(self, "max_seconds", _check_number("max_seconds", self.max_seconds, 1e-9))
+        object.__setattr__(self, "max_temp_c", _check_number("max_temp_c", self.max_temp_c, 1.0))
+        object.__setattr__(self, "cooldown_s", _check_number("cooldown_s", self.cooldown_s, 0.0))
         if self.runs < self.rounds:
             raise ProtocolError(f"runs ({self.runs}) must be at least rounds ({self.rounds})")
+        if self.converging and self.max_rounds < self.rounds:
+            raise ProtocolError(f"max_rounds ({self.max_rounds}) must be at least rounds ({self.rounds})")
         smallest = min(self.runs_per_round())
         if smallest - 2 * trim_count(smallest, self.trim) < 1:
             raise ProtocolError(f"trim {self.trim} leaves no samples in a round of {smallest} runs")
 
+    @classmethod
+    def hat(cls, **changes: Any) -> "TimingProtocol":
+        """HAT's fixed protocol (300 runs after 5 warm-up runs, trim 10%), in 3 interleaved rounds."""
+        return cls(**{"rounds": 3, "precision": 0.0, **changes})
+
+    @property
+    def converging(self) -> bool:
+        return self.precision > 0
+
+    @property
+    def round_runs(self) -> int:
+        """Timed runs in each round of a converging measurement (every round the same size)."""
+        return -(-self.runs // self.rounds)
+
     def runs_per_round(self) -> list[int]:
-        """`runs` split over `rounds` as evenly as possible, the larger rounds first."""
+        """The planned rounds: converging, `rounds` rounds of `round_runs`; fixed, `runs` split
+        over `rounds` as evenly as possible, the larger rounds first."""
+        if self.converging:
+            return [self.round_runs] * self.rounds
         base, extra = divmod(self.runs, self.rounds)
         return [base + 1 if i < extra else base for i in range(self.rounds)]
+
+    def round_spec(self, runs: int) -> "RoundSpec":
+        """What the device needs to time one round of `runs` runs."""
+        return RoundSpec(warmup=self.warmup, runs=runs, seq_len=self.seq_len, beam=self.beam,
+                         threads=self.threads, canary_every=self.canary_every,
+                         max_temp_c=self.max_temp_c, cooldown_s=self.cooldown_s, trim=self.trim)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TimingProtocol":
-        if not isinstance(data, Mapping):
-            raise ProtocolError("a timing protocol must be a mapping of setting names to values")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ProtocolError(f"unknown timing-protocol field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
+        return _settings_from_dict(cls, data, "timing protocol")
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """One round of timed runs as the device sees it: made from a `TimingProtocol`, sent whole
+    from the coordinator to the runner (and over the agent's wire as its `to_dict`)."""
+
+    warmup: int = TimingProtocol.warmup
+    runs: int = TimingProtocol.runs
+    seq_len: int = TimingProtocol.seq_len
+    beam: int = TimingProtocol.beam
+    threads: int = TimingProtocol.threads
+    canary_every: int = TimingProtocol.canary_every
+    max_temp_c: float = TimingProtocol.max_temp_c
+    cooldown_s: float = TimingProtocol.cooldown_s
+    #: Not needed to time; the statistics an agent returns beside the samples use it.
+    trim: float = TimingProtocol.trim
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.type == "int" or f.type is int:
+                _check_count(f.name, getattr(self, f.name), _COUNT_FIELDS.get(f.name, 1))
+        object.__setattr__(self, "trim", _check_trim(self.trim))
+        object.__setattr__(self, "max_temp_c", _check_number("max_temp_c", self.max_temp_c, 1.0))
+        object.__setattr__(self, "cooldown_s", _check_number("cooldown_s", self.cooldown_s, 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RoundSpec":
+        """A spec from (possibly partial) JSON; unknown fields are refused, missing ones default."""
+        return _settings_from_dict(cls, data, "round spec")
+
+
+def _settings_from_dict(cls: type, data: Mapping[str, Any], what: str) -> Any:
+    """`cls(**data)` for a dataclass of settings, refusing what is not a mapping or names unknown fields."""
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"a {what} must be a mapping of setting names to values")
+    unknown = sorted(map(str, set(data) - {f.name for f in dataclasses.fields(cls)}))
+    if unknown:
+        raise ProtocolError(f"unknown {what} field(s): {', '.join(unknown)}")
+    return cls(**dict(data))
+
+
+def canary() -> int:
+    """The fixed reference kernel timed between runs: a little pure-Python integer work
+    (about 50-100 µs on a desktop core). It uses no library and no thread pool, so its time
+    moves only with the CPU it runs on: a slower canary means the runs around it shared
+    the CPU, ran at a lower clock, or were slowed by the machine's host."""
+    total = 0
+    for i in range(2000):
+        total += i * i
+    return total
 
 
 def time_runs(fn: Callable[[], Any], warmup: int, runs: int,
@@ -141,18 +246,34 @@ def time_runs(fn: Callable[[], Any], warmup: int, runs: int,
     _check_count("runs", runs, 1)
     for _ in range(warmup):
         fn()
+    return _timed_loop(fn, runs, clock, 0, canary)[0]
+
+
+def _timed_loop(fn: Callable[[], Any], runs: int, clock: Callable[[], int], canary_every: int,
+                reference: Callable[[], Any]) -> tuple[list[int], list[int]]:
+    """`runs` timed calls of `fn`, with the GC paused; with `canary_every` > 0, the reference
+    kernel is timed before the first call, after every `canary_every` calls and after the last."""
     samples: list[int] = []
+    canary_ns: list[int] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(runs):
+        for i in range(runs):
+            if canary_every and i % canary_every == 0:
+                start_ns = clock()
+                reference()
+                canary_ns.append(clock() - start_ns)
             start_ns = clock()
             fn()
             samples.append(clock() - start_ns)
+        if canary_every:
+            start_ns = clock()
+            reference()
+            canary_ns.append(clock() - start_ns)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return samples
+    return samples, canary_ns
 
 
 def _busy_ticks(stat_path: Path, cpus: frozenset[int]) -> int | None:
@@ -222,24 +343,29 @@ class ContentionProbe:
 
 @dataclass(frozen=True)
 class RoundResult:
-    """One block of timed runs and the CPU share other processes took meanwhile."""
+    """One block of timed runs, the CPU share other processes took meanwhile, and the canary's
+    times around and between the runs (empty when no canary was timed)."""
 
     samples_ns: tuple[int, ...]
     other_cpu_fraction: float | None
+    canary_ns: tuple[int, ...] = ()
 
 
 def time_round(fn: Callable[[], Any], warmup: int, runs: int,
                clock: Callable[[], int] = time.perf_counter_ns,
-               probe: ContentionProbe | None = None) -> RoundResult:
-    """`time_runs`, with the contention probe watching the timed runs (not the warm-up)."""
+               probe: ContentionProbe | None = None, canary_every: int = 0,
+               reference: Callable[[], Any] = canary) -> RoundResult:
+    """`time_runs`, with the contention probe watching the timed runs (not the warm-up) and,
+    with `canary_every` > 0, the reference kernel timed between them."""
     _check_count("warmup", warmup, 0)
     _check_count("runs", runs, 1)
+    _check_count("canary_every", canary_every, 0)
     probe = probe if probe is not None else ContentionProbe()
     for _ in range(warmup):
         fn()
     probe.start()
-    samples = time_runs(fn, 0, runs, clock)
-    return RoundResult(tuple(samples), probe.stop())
+    samples, canary_ns = _timed_loop(fn, runs, clock, canary_every, reference)
+    return RoundResult(tuple(samples), probe.stop(), tuple(canary_ns))
 
 
 def _ratio(num: float, den: float) -> float:

@@ -137,6 +137,13 @@ class DesignSpace:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    @property
+    def digest(self) -> str:
+        """The first 16 hex digits of the SHA-256 of the space's content (its name left out), so
+        rows, predictors and supernets can tell two spaces apart that share a name, or not."""
+        content = {k: v for k, v in self.to_dict().items() if k != "name"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DesignSpace":
         if not isinstance(data, Mapping):

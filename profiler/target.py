@@ -19,38 +19,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol as TypingProtocol
 
+from profiler.errors import ProtocolError
+from profiler.gate import ThermalGate
 from profiler.metadata import collect_environment, current_affinity, default_cpus, pin_process, snapshot
-from profiler.protocol import RoundResult, time_round
+from profiler.protocol import RoundResult, RoundSpec, time_round
 from profiler.workload import Runner, open_runner
 
 
 @dataclass(frozen=True)
 class RoundPair:
-    """One round of timed runs of both halves of the workload, with the machine state around it."""
+    """One round of timed runs of both halves of the workload, with the machine state around it
+    and the thermal gate's record of the wait before it."""
 
     encoder: RoundResult
     decoder: RoundResult
     before: Mapping[str, Any] = field(default_factory=dict)
     after: Mapping[str, Any] = field(default_factory=dict)
+    gate: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "encoder_ns": list(self.encoder.samples_ns),
-            "decoder_ns": list(self.decoder.samples_ns),
-            "encoder_other_cpu": self.encoder.other_cpu_fraction,
-            "decoder_other_cpu": self.decoder.other_cpu_fraction,
-            "before": dict(self.before),
-            "after": dict(self.after),
-        }
+        data: dict[str, Any] = {}
+        for part in ("encoder", "decoder"):
+            result = getattr(self, part)
+            data.update({f"{part}_ns": list(result.samples_ns), f"{part}_other_cpu": result.other_cpu_fraction,
+                         f"{part}_canary_ns": list(result.canary_ns)})
+        return {**data, "before": dict(self.before), "after": dict(self.after), "gate": dict(self.gate)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RoundPair":
-        return cls(
-            encoder=RoundResult(tuple(int(s) for s in data["encoder_ns"]), data.get("encoder_other_cpu")),
-            decoder=RoundResult(tuple(int(s) for s in data["decoder_ns"]), data.get("decoder_other_cpu")),
-            before=dict(data.get("before") or {}),
-            after=dict(data.get("after") or {}),
-        )
+        parts = {part: RoundResult(tuple(int(s) for s in data[f"{part}_ns"]), data.get(f"{part}_other_cpu"),
+                                   tuple(int(s) for s in data.get(f"{part}_canary_ns") or ()))
+                 for part in ("encoder", "decoder")}
+        return cls(**parts, before=dict(data.get("before") or {}), after=dict(data.get("after") or {}),
+                   gate=dict(data.get("gate") or {}))
 
 
 class MeasureTarget(TypingProtocol):
@@ -61,8 +62,7 @@ class MeasureTarget(TypingProtocol):
 
     def info(self) -> dict[str, Any]: ...
 
-    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int,
-                      warmup: int, runs: int) -> RoundPair: ...
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec) -> RoundPair: ...
 
     def close(self) -> None: ...
 
@@ -75,8 +75,9 @@ class LocalTarget:
     name = "local"
 
     def __init__(self, threads: int = 1, cpus: Iterable[int] | None = None, max_open: int = 8,
-                 clock: Callable[[], int] = time.perf_counter_ns):
+                 clock: Callable[[], int] = time.perf_counter_ns, sysfs_root: str | Path = "/"):
         self.threads = threads
+        self._sysfs_root = sysfs_root
         self._previous_cpus = current_affinity()
         self.cpus = pin_process(set(cpus) if cpus else default_cpus(threads))
         self.max_open = max_open
@@ -86,13 +87,17 @@ class LocalTarget:
     def info(self) -> dict[str, Any]:
         return collect_environment(self.threads, self.cpus, {})
 
-    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int,
-                      warmup: int, runs: int) -> RoundPair:
-        runner = self._runner(Path(artifact_dir), fmt, seq_len, beam)
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec) -> RoundPair:
+        """One round of `spec`: the thermal gate's wait, then warm-up and timed runs of the
+        encoder, then of the decoder (`spec.threads` must be this target's)."""
+        if spec.threads != self.threads:
+            raise ProtocolError(f"this target times with {self.threads} thread(s), the round asks for {spec.threads}")
+        runner = self._runner(Path(artifact_dir), fmt, spec.seq_len, spec.beam)
+        gate = ThermalGate(self.cpus, spec.max_temp_c, spec.cooldown_s, root=self._sysfs_root).wait()
         before = snapshot(self.cpus)
-        encoder = time_round(runner.run_encoder, warmup, runs, self._clock)
-        decoder = time_round(runner.run_decoder, warmup, runs, self._clock)
-        return RoundPair(encoder, decoder, before, snapshot(self.cpus))
+        encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)
+        decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)
+        return RoundPair(encoder, decoder, before, snapshot(self.cpus), gate)
 
     def _runner(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int) -> Runner:
         key = (str(artifact_dir.resolve()), fmt, seq_len, beam)

@@ -20,9 +20,13 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from profiler.errors import ErrorCode, HatprofError
+
+if TYPE_CHECKING:
+    from profiler.protocol import RoundSpec
+    from profiler.target import RoundPair
 
 logger = logging.getLogger(__name__)
 
@@ -88,16 +92,13 @@ class _Worker:
         raise ValueError(f"unknown worker operation {op!r}")
 
     def measure(self, request: dict[str, Any]) -> dict[str, Any]:
-        from profiler.protocol import Measurement
+        from profiler.protocol import Measurement, RoundSpec
 
-        target = self.target(request["threads"])
-        pair = target.measure_round(Path(request["dir"]), request["format"], request["seq_len"],
-                                    request["beam"], request["warmup"], request["runs"])
-        reply: dict[str, Any] = {"result": pair.to_dict()}
-        if "trim" in request:
-            reply["statistics"] = {part: Measurement.from_rounds([getattr(pair, part)], request["trim"]).summary()
-                                   for part in ("encoder", "decoder")}
-        return reply
+        spec = RoundSpec.from_dict(request["spec"])
+        pair = self.target(spec.threads).measure_round(Path(request["dir"]), request["format"], spec)
+        return {"result": pair.to_dict(),
+                "statistics": {part: Measurement.from_rounds([getattr(pair, part)], spec.trim).summary()
+                               for part in ("encoder", "decoder")}}
 
     def close(self) -> None:
         if self.current is not None:
@@ -230,19 +231,19 @@ class WorkerTarget:
 
     def _call(self, request: dict[str, Any]) -> Any:
         try:
-            return self.worker.call({**request, "threads": self.threads}, None)
+            return self.worker.call(request, None)
         except WorkerError as exc:
             raise WorkerError(exc.code, f"local measuring process: {exc}") from None
 
     def info(self) -> dict[str, Any]:
-        return self._call({"op": "info"})
+        return self._call({"op": "info", "threads": self.threads})
 
-    def measure_round(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int, warmup: int, runs: int):
-        """One round in the worker: a `profiler.target.RoundPair`."""
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec) -> RoundPair:
+        """One round of `spec` in the worker."""
         from profiler.target import RoundPair
 
         reply = self._call({"op": "measure", "dir": str(Path(artifact_dir).resolve()), "format": fmt,
-                            "seq_len": seq_len, "beam": beam, "warmup": warmup, "runs": runs})
+                            "spec": spec.to_dict()})
         return RoundPair.from_dict(reply["result"])
 
     def close(self) -> None:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from device_agents.agent import Agent, AgentConfig, AgentServer
+from profiler.protocol import RoundSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-" + "x" * 24
 #: Small settings: a measurement takes milliseconds.
 SMALL = {"seq_len": 4, "beam": 2, "warmup": 1, "runs": 10, "threads": 1}
+SPEC = RoundSpec(**SMALL)
 
 
 def start_agent(cache_dir: Path, **options: Any) -> AgentServer:

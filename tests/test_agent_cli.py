@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from _agent_support import REPO, SMALL, TOKEN, start_agent
+from _agent_support import REPO, SMALL, SPEC, TOKEN, start_agent
 from device_agents.client import AgentClient, AgentError
 from profiler.artifacts import get_artifact
 from hatprof.cli import cli
@@ -45,6 +45,7 @@ def test_serve_refuses_to_start_without_a_usable_token(tmp_path):
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1].startswith("error: no token: environment variable")
     (tmp_path / "short").write_text("abc")
+    (tmp_path / "short").chmod(0o600)
     short = _agent_main("serve", "--port", "0", "--token-file", str(tmp_path / "short"))
     assert short.returncode == 1 and "shorter than 16" in short.stderr and "Traceback" not in short.stderr
     bad = _agent_main("serve", "--port", "0", "--queue", "-1", env={"HATPROF_AGENT_TOKEN": TOKEN})
@@ -58,11 +59,11 @@ def test_torchscript_is_measured_only_by_an_agent_that_allows_it(tmp_path):
     opened = start_agent(tmp_path / "open", allow_torchscript=True)
     try:
         with pytest.raises(AgentError) as refused:
-            AgentClient(closed.url, TOKEN, retries=0).measure(artifact, "torchscript", **SMALL)
+            AgentClient(closed.url, TOKEN, retries=0).measure(artifact, "torchscript", SPEC)
         assert (refused.value.code, refused.value.status) == ("format_not_allowed", 403)
         client = AgentClient(opened.url, TOKEN, retries=0)
         assert client.info()["agent"]["formats"] == ["onnx", "torchscript"]
-        response = client.measure(artifact, "torchscript", **SMALL)
+        response = client.measure(artifact, "torchscript", SPEC)
         assert len(response["result"]["decoder_ns"]) == SMALL["runs"]
     finally:
         closed.close()

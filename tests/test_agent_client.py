@@ -7,11 +7,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from _agent_support import SMALL, TOKEN, start_agent
+from _agent_support import SMALL, SPEC, TOKEN, start_agent
 from device_agents.client import AgentClient, AgentError, AgentUnavailable, PoolTarget, RemoteTarget
 from profiler.errors import DeviceError
 
-SETTINGS = {k: SMALL[k] for k in ("seq_len", "beam", "warmup", "runs")}
 
 
 def _free_port() -> int:
@@ -35,9 +34,9 @@ def test_files_are_uploaded_once(tmp_path, artifact, monkeypatch):
         uploads = []
         original = client.upload
         monkeypatch.setattr(client, "upload", lambda *a: uploads.append(a[1]) or original(*a))
-        client.measure(artifact, "onnx", threads=1, **SETTINGS)
+        client.measure(artifact, "onnx", SPEC)
         assert sorted(uploads) == sorted(p.name for p in artifact.iterdir() if not p.name.startswith("."))
-        client.measure(artifact, "onnx", threads=1, **SETTINGS)
+        client.measure(artifact, "onnx", SPEC)
         assert len(uploads) == 4
     finally:
         server.close()
@@ -80,7 +79,7 @@ def test_refusals_are_agent_errors_with_codes(tmp_path):
             AgentClient(server.url, "w" * 32, retries=3).info()
         assert (info.value.code, info.value.status) == ("unauthorized", 401)  # not retried
         with pytest.raises(DeviceError, match="cannot be read"):
-            AgentClient(server.url, TOKEN).measure(tmp_path, "onnx", threads=1, **SETTINGS)
+            AgentClient(server.url, TOKEN).measure(tmp_path, "onnx", SPEC)
     finally:
         server.close()
 
@@ -127,11 +126,11 @@ def test_pool_fails_over_to_an_agent_that_answers(tmp_path, artifact):
         dead = RemoteTarget(f"http://127.0.0.1:{_free_port()}", TOKEN, retries=0)
         alive = RemoteTarget(server.url, TOKEN, retries=0)
         pool = PoolTarget("pi", [dead, alive])
-        pair = pool.measure_round(artifact, "onnx", **SETTINGS)
+        pair = pool.measure_round(artifact, "onnx", SPEC)
         assert len(pair.encoder.samples_ns) == SMALL["runs"]
         assert pool.targets == [alive, dead]  # the dead one is tried last from now on
         assert pool.info()["threads"] == 1
     finally:
         server.close()
     with pytest.raises(AgentUnavailable, match="no agent of device 'pi' answered"):
-        pool.measure_round(artifact, "onnx", **SETTINGS)
+        pool.measure_round(artifact, "onnx", SPEC)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from _agent_support import SMALL, TOKEN, raw, start_agent
+from _agent_support import SMALL, SPEC, TOKEN, raw, start_agent
 from device_agents.client import AgentClient
 from device_agents.wire import ERROR_STATUS, FILE_KINDS
 
@@ -108,7 +108,7 @@ def test_malformed_requests_get_4xx_json_and_the_agent_keeps_serving(tmp_path, a
             statuses[status] = statuses.get(status, 0) + 1
         # the fuzz reached deep: authentication, parsing, validation and the artifact store
         assert {400, 401, 404, 405, 409, 422} <= set(statuses), statuses
-        response = AgentClient(server.url, TOKEN, retries=0).measure(artifact, "onnx", **SMALL)
+        response = AgentClient(server.url, TOKEN, retries=0).measure(artifact, "onnx", SPEC)
         assert len(response["result"]["encoder_ns"]) == SMALL["runs"]
     finally:
         server.close()

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from _agent_support import SMALL, TOKEN, spawn_agent, start_agent, stop_process
+from profiler.protocol import RoundSpec
+from _agent_support import SMALL, SPEC, TOKEN, spawn_agent, start_agent, stop_process
 from device_agents.client import AgentClient, RemoteTarget
 from profiler.protocol import Measurement
 from profiler.target import LocalTarget, RoundPair
 
-SETTINGS = {k: SMALL[k] for k in ("seq_len", "beam", "warmup", "runs")}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _check_valid(pair: RoundPair, runs: int) -> None:
 
 def test_statistics_returned_by_the_agent_derive_from_its_raw_samples(agent, artifact):
     client = AgentClient(agent.url, TOKEN, retries=0)
-    response = client.measure(artifact, "onnx", threads=1, trim=0.2, **SETTINGS)
+    response = client.measure(artifact, "onnx", RoundSpec(**SMALL, trim=0.2))
     pair = RoundPair.from_dict(response["result"])
     _check_valid(pair, SMALL["runs"])
     for part in ("encoder", "decoder"):
@@ -54,8 +54,8 @@ def test_statistics_returned_by_the_agent_derive_from_its_raw_samples(agent, art
 
 def test_remote_and_local_rounds_are_alike(agent, artifact, local_target):
     remote = RemoteTarget(agent.url, TOKEN, threads=1, name="loopback")
-    remote_pair = remote.measure_round(artifact, "onnx", **SETTINGS)
-    local_pair = local_target.measure_round(artifact, "onnx", **SETTINGS)
+    remote_pair = remote.measure_round(artifact, "onnx", SPEC)
+    local_pair = local_target.measure_round(artifact, "onnx", SPEC)
     for pair in (remote_pair, local_pair):
         _check_valid(pair, SMALL["runs"])
     assert remote_pair.to_dict().keys() == local_pair.to_dict().keys()
@@ -110,7 +110,7 @@ def test_serving_and_measuring_never_import_torch_pandas_or_sklearn(tmp_path, ar
         assert client.health()["status"] == "ok"
         info = client.info(1)
         assert info["environment"]["libraries"]
-        response = client.measure(artifact, "onnx", threads=1, **SETTINGS)
+        response = client.measure(artifact, "onnx", SPEC)
         assert len(response["result"]["encoder_ns"]) == SMALL["runs"]
     finally:
         stop_process(process)

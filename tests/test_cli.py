@@ -15,7 +15,7 @@ from profiler.dataset import raw_path_for, read_dataset, recompute_from_raw
 from profiler.errors import DatasetError
 from profiler.space import load_space
 
-TINY = ["--runs", "6", "--rounds", "2", "--warmup", "1", "--seq-len", "4", "--beam", "2"]
+TINY = ["--fixed", "--runs", "6", "--rounds", "2", "--warmup", "1", "--seq-len", "4", "--beam", "2"]
 
 
 def run(args, capsys):
@@ -64,6 +64,36 @@ def test_measure_writes_rows_whose_statistics_come_from_the_raw_samples(tmp_path
     raw_path_for(out).unlink()
     with pytest.raises(DatasetError, match="needs the raw samples"):
         read_dataset(out, "min")
+
+
+def test_measure_converges_by_default_and_records_how(tmp_path, capsys):
+    out = tmp_path / "conv.csv"
+    code, stdout, stderr = run(["measure", "--device", "local", "--samples", "1", "--seed", "3", "--out", str(out),
+                                "--runs", "20", "--rounds", "4", "--max-rounds", "6", "--warmup", "1",
+                                "--seq-len", "4", "--beam", "2", "--precision", "0.5"], capsys)
+    assert code == 0
+    row = read_dataset(out).iloc[0]
+    raw = json.loads(raw_path_for(out).read_text())
+    rounds = raw["environment"]["rounds"]
+    # every round timed is in the record with its verdict; the label is made of the accepted ones
+    assert len(rounds) == row["rounds_used"] + row["rounds_discarded"] and 4 <= len(rounds) <= 6
+    assert [r["verdict"] for r in rounds].count(None) == row["rounds_used"] == len(raw["round_sizes"])
+    assert raw["round_sizes"] == [5] * row["rounds_used"] and len(raw["encoder_ms"]) == 5 * row["rounds_used"]
+    assert all(len(r["canary_ns"]["encoder"]) == 2 and "timed_out" in r["gate"] for r in rounds)
+    stats = recompute_from_raw(raw, trim=0.1)
+    assert stats["latency_ms"] == pytest.approx(row["latency_ms"], rel=1e-12)
+    assert stats["interval"] == pytest.approx(row["interval"], rel=1e-12)
+    assert bool(row["unstable"]) == (not bool(row["converged"]))
+    assert row["precision"] == 0.5 and row["device_s"] > 0
+    assert "+-" in stdout and "measuring on local" in stderr
+
+
+def test_protocol_errors_name_the_option(tmp_path, capsys):
+    code, _, stderr = run(["measure", "--samples", "1", "--out", str(tmp_path / "x.csv"), "--runs", "0"], capsys)
+    assert code == 2 and "--runs" in stderr and "Traceback" not in stderr
+    code, _, stderr = run(["measure", "--samples", "1", "--out", str(tmp_path / "x.csv"), "--max-temp", "0"], capsys)
+    assert code == 2 and "--max-temp" in stderr
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_measure_times_the_architectures_of_an_archs_file(tmp_path, capsys):

@@ -23,8 +23,9 @@ from profiler.space import HAT_FEATURES, ArchConfig, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = load_space("compact")
-PROTOCOL = TimingProtocol(warmup=1, runs=30, trim=0.1, rounds=3)
-SETTINGS_A = make_settings(SPACE, PROTOCOL, device="local", host="box", runtime="onnxruntime", fmt="onnx")
+PROTOCOL = TimingProtocol.hat(warmup=1, runs=30, trim=0.1)
+SETTINGS_A = make_settings(SPACE, PROTOCOL, device="local", host="box", cpu_model="AMD EPYC", runtime="onnxruntime",
+                           runtime_version="1.32.0", fmt="onnx")
 ENV = {"affinity": "1", "hostname": "box"}
 
 HAT_HEADER = ",".join(HAT_COLUMNS)
@@ -88,12 +89,13 @@ def test_written_rows_read_back_equal(tmp_path, archs):
         assert [got[c] for c in HAT_FEATURES] == arch.hat_features()
         assert ArchConfig.from_json(got["arch"]) == arch and got["arch_id"] == arch.arch_id
         for column in COLUMNS:
-            if column in ("unstable", "other_cpu") or column in SETTINGS:
+            if column in ("unstable", "other_cpu", "converged") or column in SETTINGS:
                 continue
             expected = row[column]
             assert got[column] == expected, column  # floats round-trip exactly
         assert got["latency_ms"] == row["latency_mean_encoder"] + row["latency_mean_decoder"]
         assert got["unstable"] == row["unstable"] and got["other_cpu"] == row["other_cpu"]
+        assert row["converged"] is None and got["converged"] != got["converged"]  # fixed protocol: empty (NaN)
         assert {s: str(got[s]) for s in SETTINGS} == SETTINGS_A
     assert df["cpus"].tolist() == ["1"] * 3  # a CPU list stays text
 
@@ -188,7 +190,10 @@ def test_resume_of_a_missing_file_starts_it(tmp_path, archs):
     assert len(read_dataset(path)) == 1
 
 
-@pytest.mark.parametrize("name, value", [("device", "rpi4"), ("trim", 0.2), ("runs", 60), ("format", "torchscript")])
+@pytest.mark.parametrize("name, value", [
+    ("device", "rpi4"), ("trim", 0.2), ("runs", 60), ("format", "torchscript"), ("cpu_model", "Intel Xeon"),
+    ("runtime_version", "1.16.0"), ("space_digest", "0123456789abcdef"), ("precision", 0.02),
+])
 def test_mixing_settings_is_refused_and_the_file_untouched(tmp_path, archs, name, value):
     path = tmp_path / "lat.csv"
     write_rows(path, archs[:2])

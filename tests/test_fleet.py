@@ -23,10 +23,10 @@ from profiler.protocol import TimingProtocol
 from profiler.space import load_space
 
 SPACE = load_space("compact")
-PROTOCOL = TimingProtocol(warmup=0, runs=4, rounds=2, seq_len=4, beam=2)
+PROTOCOL = TimingProtocol.hat(warmup=0, runs=4, rounds=2, seq_len=4, beam=2)
 #: One sample for every test, so each architecture is exported once per session.
 ARCHS = SPACE.sample_many(6, seed=3)
-PROTOCOL_ARGS = ["--runs", "4", "--rounds", "2", "--warmup", "0", "--seq-len", "4", "--beam", "2"]
+PROTOCOL_ARGS = ["--fixed", "--runs", "4", "--rounds", "2", "--warmup", "0", "--seq-len", "4", "--beam", "2"]
 
 
 def write_inventory(path: Path, devices: dict[str, list[str]], retries: int = 1) -> Path:
@@ -127,7 +127,7 @@ def test_sigkill_of_an_agent_mid_run_loses_and_duplicates_nothing(tmp_path):
     try:
         inventory = load_inventory(write_inventory(tmp_path / "devices.toml", {"pi": [first_url, second_url]}))
         archs = ARCHS
-        protocol = TimingProtocol(warmup=0, runs=200, rounds=2, seq_len=4, beam=2)
+        protocol = TimingProtocol.hat(warmup=0, runs=200, rounds=2, seq_len=4, beam=2)
         job = MeasureJob(space=SPACE, protocol=protocol, interleave=1)
         for arch in archs:  # export first, so the run is all measuring
             get_artifact(arch, SPACE, "onnx")
@@ -157,7 +157,7 @@ def test_sigkill_of_the_coordinator_then_rerun_completes_exactly(tmp_path, agent
     out = tmp_path / "out"
     args = ["collect", "--devices", "pi", "--inventory", str(path), "--space", "compact", "--samples", "6",
             "--seed", "3", "--out", str(out), "--interleave", "1",
-            "--runs", "300", "--rounds", "2", "--warmup", "0", "--seq-len", "4", "--beam", "2"]
+            "--fixed", "--runs", "300", "--rounds", "2", "--warmup", "0", "--seq-len", "4", "--beam", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     coordinator = subprocess.Popen([sys.executable, "-c", "from hatprof.cli import main; main()", *args],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

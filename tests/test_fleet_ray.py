@@ -20,7 +20,7 @@ from profiler.protocol import TimingProtocol  # noqa: E402
 from profiler.space import load_space  # noqa: E402
 
 SPACE = load_space("compact")
-PROTOCOL = TimingProtocol(warmup=0, runs=4, rounds=2, seq_len=4, beam=2)
+PROTOCOL = TimingProtocol.hat(warmup=0, runs=4, rounds=2, seq_len=4, beam=2)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_a_device_no_node_advertises_is_a_clear_error(cluster):
 def test_collect_command_with_the_ray_backend(cluster, tmp_path):
     result = CliRunner().invoke(cli, [
         "collect", "--backend", "ray", "--devices", "raydev", "--space", "compact", "--samples", "2",
-        "--seed", "3", "--out", str(tmp_path), "--runs", "4", "--rounds", "2", "--warmup", "0",
+        "--seed", "3", "--out", str(tmp_path), "--fixed", "--runs", "4", "--rounds", "2", "--warmup", "0",
         "--seq-len", "4", "--beam", "2"])
     assert result.exit_code == 0, result.output
     assert "raydev: 2/2 rows" in result.output

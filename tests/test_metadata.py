@@ -138,19 +138,23 @@ def test_onnxruntime_version_is_the_installed_one():
     assert env["libraries"]["onnxruntime"] == onnxruntime.__version__
 
 
-def test_torch_version_only_when_already_imported(monkeypatch):
+def test_torch_version_comes_from_the_loaded_module_else_its_package_metadata(monkeypatch):
+    import importlib.metadata
+
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="9.9.9"))
     assert collect_environment(1, {0}, {})["libraries"]["torch"] == "9.9.9"
     monkeypatch.delitem(sys.modules, "torch")
-    assert "torch" not in collect_environment(1, {0}, {})["libraries"]
+    assert collect_environment(1, {0}, {})["libraries"]["torch"] == importlib.metadata.version("torch")
 
 
 def test_collecting_the_environment_never_imports_torch():
-    code = ("import sys, json\nfrom profiler.metadata import collect_environment\n"
+    code = ("import sys, json, importlib.metadata\nfrom profiler.metadata import collect_environment\n"
             "env = collect_environment(1, {0}, {})\n"
-            "print(json.dumps(['torch' in sys.modules, 'torch' in env['libraries']]))")
+            "print(json.dumps(['torch' in sys.modules, env['libraries'].get('torch'), "
+            "importlib.metadata.version('torch')]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == [False, False]
+    imported, recorded, installed = json.loads(out.stdout)
+    assert not imported and recorded == installed
 
 
 def test_snapshot_fields():

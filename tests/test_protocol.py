@@ -15,7 +15,7 @@ import pytest
 
 from profiler.errors import HatprofError, ProtocolError
 from profiler.protocol import (CV_LIMIT, OTHER_CPU_LIMIT, ROUND_SPREAD_LIMIT, ContentionProbe, Measurement,
-                               RoundResult, TimingProtocol, time_round, time_runs, trim_count, trimmed_mean)
+                               RoundResult, RoundSpec, TimingProtocol, time_round, time_runs, trim_count, trimmed_mean)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,14 +105,28 @@ def test_trimmed_mean_of_nothing_is_an_error():
 def test_protocol_defaults_are_hats():
     p = TimingProtocol()
     assert (p.warmup, p.runs, p.trim, p.seq_len, p.beam, p.threads) == (5, 300, 0.1, 30, 5, 1)
-    assert p.runs_per_round() == [100, 100, 100]
+    assert p.converging and p.precision == 0.01 and p.runs_per_round() == [50] * 6
+    hat = TimingProtocol.hat()
+    assert not hat.converging and hat.runs_per_round() == [100, 100, 100]
+
+
+def test_converging_rounds_are_equal_and_cover_the_runs():
+    p = TimingProtocol(runs=100, rounds=6)
+    assert p.round_runs == 17 and p.runs_per_round() == [17] * 6
+    spec = p.round_spec(17)
+    assert (spec.runs, spec.warmup, spec.canary_every, spec.max_temp_c) == (17, 5, 10, 80.0)
+    assert RoundSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ProtocolError, match="bogus"):
+        RoundSpec.from_dict({"bogus": 1})
+    with pytest.raises(ProtocolError, match="canary_every"):
+        RoundSpec(canary_every=-1)
 
 
 @pytest.mark.parametrize("runs, rounds, expected", [
     (300, 3, [100, 100, 100]), (10, 3, [4, 3, 3]), (7, 7, [1] * 7), (301, 1, [301]), (11, 4, [3, 3, 3, 2]),
 ])
 def test_runs_per_round_splits_evenly(runs, rounds, expected):
-    split = TimingProtocol(runs=runs, rounds=rounds, trim=0.0).runs_per_round()
+    split = TimingProtocol.hat(runs=runs, rounds=rounds, trim=0.0).runs_per_round()
     assert split == expected
     assert sum(split) == runs and max(split) - min(split) <= 1
 
@@ -121,7 +135,10 @@ def test_runs_per_round_splits_evenly(runs, rounds, expected):
     ({"trim": 0.6}, "trim"), ({"trim": 0.5}, "trim"), ({"trim": -0.01}, "trim"), ({"trim": "0.1"}, "trim"),
     ({"runs": 0}, "runs"), ({"rounds": 0}, "rounds"), ({"runs": 2, "rounds": 3}, "rounds"),
     ({"threads": 0}, "threads"), ({"warmup": -1}, "warmup"), ({"seq_len": 1.5}, "seq_len"),
-    ({"beam": "5"}, "beam"), ({"threads": True}, "threads"),
+    ({"beam": "5"}, "beam"), ({"threads": True}, "threads"), ({"precision": 1.0}, "precision"),
+    ({"precision": -0.1}, "precision"), ({"max_rounds": 3}, "max_rounds"), ({"max_seconds": 0}, "max_seconds"),
+    ({"canary_every": -1}, "canary_every"), ({"max_temp_c": "hot"}, "max_temp_c"),
+    ({"cooldown_s": -1}, "cooldown_s"),
 ])
 def test_protocol_validation_names_the_field(kwargs, field):
     with pytest.raises(ProtocolError, match=field) as info:
@@ -180,6 +197,17 @@ def test_time_round_probes_only_the_timed_runs():
                         clock=FakeClock([5, 6, 7]), probe=FakeProbe(0.25, events))
     assert events == ["run", "run", "start", "run", "run", "run", "stop"]
     assert result == RoundResult((5, 6, 7), 0.25)
+
+
+def test_the_canary_is_timed_before_the_runs_between_them_and_after():
+    events = []
+    # canary, run, run, canary, run, run, canary, run, canary: each call's duration comes from the clock
+    clock = FakeClock([100, 5, 6, 101, 7, 8, 102, 9, 103])
+    result = time_round(lambda: events.append("run"), warmup=1, runs=5, clock=clock, probe=FakeProbe(0.0, events),
+                        canary_every=2, reference=lambda: events.append("canary"))
+    assert events == ["run", "start", "canary", "run", "run", "canary", "run", "run", "canary", "run",
+                      "canary", "stop"]
+    assert result == RoundResult((5, 6, 7, 8, 9), 0.0, (100, 101, 102, 103))
 
 
 # -- contention probe -----------------------------------------------------------------------------

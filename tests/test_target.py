@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from profiler.metadata import current_affinity
+from profiler.protocol import RoundSpec
 from profiler.target import LocalTarget
 
 
@@ -29,8 +30,12 @@ def test_worker_target_measures_in_a_pinned_child_renewed_every_few_rounds(artif
     pids = []
     try:
         for runs in (3, 4, 5):
-            pair = target.measure_round(artifact, "onnx", 4, 2, 1, runs)
+            pair = target.measure_round(artifact, "onnx", RoundSpec(seq_len=4, beam=2, warmup=1, runs=runs,
+                                                                    canary_every=2))
             assert len(pair.encoder.samples_ns) == len(pair.decoder.samples_ns) == runs
+            # the canary before the first run, after every second, and after the last
+            assert len(pair.encoder.canary_ns) == len(pair.decoder.canary_ns) == (runs + 1) // 2 + 1
+            assert min(pair.encoder.canary_ns) > 0 and pair.gate["timed_out"] is False
             assert min(pair.encoder.samples_ns) > 0 and min(pair.decoder.samples_ns) > 0
             pids.append(target.worker.pid)
         info = target.info()
@@ -40,3 +45,23 @@ def test_worker_target_measures_in_a_pinned_child_renewed_every_few_rounds(artif
         target.close()
     assert pids[0] == pids[1] != pids[2] and os.getpid() not in pids
     assert target.worker.pid is None
+
+
+def test_a_round_waits_for_a_hot_board_and_records_it(artifact, tmp_path, monkeypatch):
+    import profiler.gate as gate
+
+    zone = tmp_path / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text("90000\n")
+
+    def cool(seconds):
+        (zone / "temp").write_text("40000\n")
+
+    monkeypatch.setattr(gate.time, "sleep", cool)
+    target = LocalTarget(threads=1, cpus={max(current_affinity())}, sysfs_root=tmp_path)
+    try:
+        pair = target.measure_round(artifact, "onnx", RoundSpec(seq_len=4, beam=2, warmup=0, runs=2))
+    finally:
+        target.close()
+    assert pair.gate["seen"]["temperature_c"] == 90.0 and pair.gate["at_start"]["temperature_c"] == 40.0
+    assert not pair.gate["timed_out"] and len(pair.encoder.samples_ns) == 2

@@ -36,9 +36,14 @@ def _result_line(result: ArchResult) -> str:
     if not result.ok:
         return f"{result.arch.arch_id}  FAILED ({result.error}): {result.message}"
     row = result.row
-    flag = "  unstable" if row["unstable"] else ""
+    notes = [f"+-{row['interval']:.1%}"] if row["interval"] is not None else []
+    if row["rounds_discarded"]:
+        notes.append(f"{row['rounds_discarded']} round(s) discarded ({row['discarded_why']})")
+    if row["unstable"]:
+        notes.append("UNSTABLE: did not converge" if row["converged"] is False else "UNSTABLE")
     return (f"{result.arch.arch_id}  encoder {row['latency_mean_encoder']:8.2f} ms  "
-            f"decoder {row['latency_mean_decoder']:8.2f} ms  total {row['latency_ms']:8.2f} ms{flag}")
+            f"decoder {row['latency_mean_decoder']:8.2f} ms  total {row['latency_ms']:8.2f} ms  "
+            + "  ".join(notes)).rstrip()
 
 
 @click.command()
@@ -66,12 +71,16 @@ def measure(device: str, inventory: str | None, space: DesignSpace, samples: int
             archs_file: Path | None, out: Path, seed: int, protocol: TimingProtocol, fmt: str,
             cpus: set[int] | None, resume: bool, retry_unstable: int, interleave: int,
             cache_dir: Path | None) -> None:
-    """Time SubTransformers with the trimmed-mean protocol and write a latency dataset.
+    """Time SubTransformers with HAT's trimmed-mean statistic and write a latency dataset.
 
     Each architecture is exported (cached), then its encoder and its beam-search decoder
-    are timed separately, `--runs` times each after `--warmup` untimed runs, in `--rounds`
-    interleaved rounds; the trimmed mean of each part goes to the CSV, every raw sample to
-    the sidecar.
+    are timed separately in rounds of warm-up and timed runs, interleaved over a few
+    architectures. A round disturbed by other load (a slow reference kernel timed between
+    runs, CPU taken by other processes, a hot or throttled board, a mean far from the other
+    rounds) is discarded and timed again; rounds go on until the label's 95% interval across
+    clean rounds is within --precision, or a budget is spent (then the row is flagged
+    unstable). The label is the trimmed mean of the clean runs; every raw sample, discarded
+    rounds included, goes to the sidecar. --fixed times HAT's fixed protocol instead.
     """
     if archs_file is not None and samples is not None:
         raise click.BadParameter("give --samples or --archs, not both")
@@ -86,11 +95,10 @@ def measure(device: str, inventory: str | None, space: DesignSpace, samples: int
     job = MeasureJob(space=space, protocol=protocol, fmt=fmt, cache_dir=cache_dir,
                      interleave=interleave, retry_unstable=retry_unstable)
     try:
-        results = run_measure(archs, job, target, out, resume, device)
+        results = run_measure(archs, job, target, out, resume, device,
+                              on_result=lambda result: click.echo(_result_line(result)))
     finally:
         target.close()
-    for result in results:
-        click.echo(_result_line(result))
     failed = [r for r in results if not r.ok]
     unstable = [r for r in results if r.ok and r.row["unstable"]]
     click.echo(f"{len(results) - len(failed)} measured into {out}, {len(unstable)} flagged unstable, "

@@ -1,0 +1,102 @@
+"""How well one latency label repeats, and what it costs: converging protocol vs HAT's fixed one.
+
+For each condition (`quiet`; `hog`: a busy-loop process pinned to the CPU the measurement
+does not use) and each protocol (`converging`: the default, ±1% across clean rounds;
+`fixed`: HAT's 300 runs in 3 rounds, nothing discarded), one compact SubTransformer is
+measured `--repeats` times, each by `hatprof measure` in a fresh process, the protocols
+alternating so that slow changes of the machine hit both alike. Reported per condition and
+protocol: every label, its spread (max - min) / median, how many rows were flagged
+unstable, the rounds used and discarded, and the device seconds per architecture (the time
+the target spent on the architecture's rounds, from the row's `device_s`).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_label.py      # -> benchmarks/results/label.json
+
+Run it on a quiet machine (`uptime` before and after): the `quiet` figures are only that
+when nothing else runs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROTOCOLS = {"converging": [], "fixed": ["--fixed"]}
+
+
+@contextlib.contextmanager
+def hog(cpu: int | None):
+    """A pure-Python busy loop pinned to `cpu` for the duration (nothing when `cpu` is None)."""
+    if cpu is None:
+        yield
+        return
+    process = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\n"
+                                                      "while True: pass"])
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
+    command = [sys.executable, "-m", "hatprof", "measure", "--device", "local", "--space", "compact",
+               "--samples", "1", "--seed", str(args.seed), "--out", str(out), *extra]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    row = pd.read_csv(out).iloc[0]
+    return {"latency_ms": float(row["latency_ms"]), "latency_min_ms": float(row["latency_min_ms"]),
+            "unstable": bool(row["unstable"]), "interval": float(row["interval"]),
+            "rounds_used": int(row["rounds_used"]), "rounds_discarded": int(row["rounds_discarded"]),
+            "discarded_why": "" if pd.isna(row["discarded_why"]) else str(row["discarded_why"]),
+            "device_s": float(row["device_s"])}
+
+
+def summarise(rows: list[dict]) -> dict:
+    labels = [r["latency_ms"] for r in rows]
+    minima = [r["latency_min_ms"] for r in rows]
+    return {"spread": (max(labels) - min(labels)) / statistics.median(labels),
+            "spread_min": (max(minima) - min(minima)) / statistics.median(minima),
+            "unstable": sum(r["unstable"] for r in rows), "repeats": len(rows),
+            "device_s_mean": statistics.fmean(r["device_s"] for r in rows),
+            "rounds_used_mean": statistics.fmean(r["rounds_used"] for r in rows),
+            "rounds_discarded_mean": statistics.fmean(r["rounds_discarded"] for r in rows),
+            "labels_ms": labels}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=7, help="seed of the one sampled compact architecture")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--conditions", default="quiet,hog")
+    parser.add_argument("--out", type=Path, default=RESULTS / "label.json")
+    args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    hog_cpu = cpus[0] if len(cpus) > 1 else None  # the measurement pins the highest-numbered CPU
+    result: dict = {"seed": args.seed, "load_before": os.getloadavg(), "conditions": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for condition in args.conditions.split(","):
+            runs: dict[str, list[dict]] = {name: [] for name in PROTOCOLS}
+            with hog(hog_cpu if condition == "hog" else None):
+                for repeat in range(args.repeats):
+                    for name, extra in PROTOCOLS.items():
+                        runs[name].append(measure_once(args, extra, Path(tmp) / f"{condition}-{name}-{repeat}.csv"))
+                        print(f"{condition} {name} {repeat + 1}/{args.repeats}: {runs[name][-1]}", file=sys.stderr)
+            result["conditions"][condition] = {name: {"summary": summarise(rows), "rows": rows}
+                                               for name, rows in runs.items()}
+    result["load_after"] = os.getloadavg()
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({c: {n: {k: v for k, v in p["summary"].items() if k != "labels_ms"} for n, p in ps.items()}
+                      for c, ps in result["conditions"].items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
