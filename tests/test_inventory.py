@@ -139,6 +139,8 @@ def test_devices_list_and_check_commands(tmp_path, monkeypatch):
     try:
         (tmp_path / "good.token").write_text(TOKEN)
         (tmp_path / "bad.token").write_text("b" * 32)
+        for name in ("good.token", "bad.token"):
+            (tmp_path / name).chmod(0o600)  # the agent's tools refuse a token other users can read
         path = tmp_path / "devices.toml"
         path.write_text(
             f'[devices.good]\nagents = ["{server.url}"]\ntoken_file = "good.token"\n'
