@@ -5,13 +5,17 @@ processes on the CPU, a host that slows the VM for a few hundred milliseconds, a
 A round so disturbed is not averaged in: it is discarded and another round is timed. A round
 is disturbed when
 - `contention`: other processes took more than `OTHER_CPU_LIMIT` of the timed CPUs;
-- `canary`: the reference kernel timed between its runs was, by its median, more than
-  `CANARY_LIMIT` slower than the fastest canary this session has seen (the canary is
-  independent of the model, so it judges the machine, not the architecture);
+- `canary`: less than half of its runs are clean. The reference kernel (the canary) is timed
+  before, between every `canary_every` runs and after them; the runs between two canaries
+  are clean when neither canary ran more than `CANARY_LIMIT` slower than the fastest canary
+  this session has seen. Runs that are not clean are left out of the label even in an
+  accepted round: the canary is independent of the model, so choosing runs by it judges the
+  machine, not the architecture, and a burst of a few hundred milliseconds costs only the
+  runs it touched;
 - `thermal`: the thermal gate's wait for a cool, unthrottled board ran out;
-- `outlier`: its total (encoder + decoder trimmed mean) is further from the median of the
-  other clean rounds than `OUTLIER_FLOOR` and `OUTLIER_MADS` robust deviations (judged only
-  with at least `MIN_ROUNDS_FOR_OUTLIERS` clean rounds, and on both sides).
+- `outlier`: its total (encoder + decoder trimmed mean of its clean runs) is further from the
+  median of the other clean rounds than `OUTLIER_FLOOR` and `OUTLIER_MADS` robust deviations
+  (judged only with at least `MIN_ROUNDS_FOR_OUTLIERS` clean rounds, and on both sides).
 
 The label's uncertainty is a 95% Student-t interval of the mean of the accepted rounds'
 totals: rounds are timed minutes apart, interleaved with other architectures and spread
@@ -20,22 +24,26 @@ over several measuring processes, so their spread is the real repeatability of t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from profiler.protocol import OTHER_CPU_LIMIT, Measurement, TimingProtocol, trimmed_mean
+from profiler.protocol import OTHER_CPU_LIMIT, Measurement, RoundResult, TimingProtocol, trimmed_mean
 from profiler.target import RoundPair
 
-#: A round whose canary runs (median) are this much slower than the session's fastest is disturbed.
+#: Runs next to a canary this much slower than the session's fastest are not clean.
 CANARY_LIMIT = 0.15
+#: A round with less than this share of clean runs (in either part) is discarded whole.
+MIN_CLEAN_SHARE = 0.5
 #: Round totals within this relative distance of the median are never outliers.
 OUTLIER_FLOOR = 0.02
 #: ... and beyond this many robust standard deviations (1.4826 MAD) they are.
 OUTLIER_MADS = 4.0
 MIN_ROUNDS_FOR_OUTLIERS = 4
+PARTS = ("encoder", "decoder")
 #: Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, 30's (conservative).
 _T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
           2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
@@ -61,21 +69,29 @@ def round_total_ms(pair: RoundPair, trim: float) -> float:
     return (trimmed_mean(pair.encoder.samples_ns, trim) + trimmed_mean(pair.decoder.samples_ns, trim)) / 1e6
 
 
-def canary_median_ns(pair: RoundPair) -> float | None:
-    samples = pair.encoder.canary_ns + pair.decoder.canary_ns
-    return statistics.median(samples) if samples else None
+def clean_runs(result: RoundResult, canary_every: int, reference_ns: float | None) -> list[bool]:
+    """Which runs of a part are clean: those whose two bracketing canaries were both within
+    `CANARY_LIMIT` of the reference (all of them without canaries or a reference yet)."""
+    n = len(result.samples_ns)
+    if not result.canary_ns or not canary_every or not reference_ns:
+        return [True] * n
+    limit = reference_ns * (1 + CANARY_LIMIT)
+    calm = [c <= limit for c in result.canary_ns]
+    return [calm[i // canary_every] and calm[min(i // canary_every + 1, len(calm) - 1)] for i in range(n)]
 
 
-def disturbance(pair: RoundPair, canary_reference_ns: float | None) -> str | None:
-    """Why this round, on its own, must not be averaged in; None when nothing says so."""
+def _kept(result: RoundResult, mask: list[bool]) -> RoundResult:
+    return RoundResult(tuple(s for s, keep in zip(result.samples_ns, mask) if keep), result.other_cpu_fraction,
+                       result.canary_ns)
+
+
+def disturbance(pair: RoundPair) -> str | None:
+    """Why this round must not be averaged in, whatever its canaries say; None when nothing does."""
     if any(r.other_cpu_fraction is not None and r.other_cpu_fraction > OTHER_CPU_LIMIT
            for r in (pair.encoder, pair.decoder)):
         return "contention"
     if (pair.gate or {}).get("timed_out"):
         return "thermal"
-    median = canary_median_ns(pair)
-    if median is not None and canary_reference_ns and median > canary_reference_ns * (1 + CANARY_LIMIT):
-        return "canary"
     return None
 
 
@@ -102,39 +118,67 @@ class CanaryReference:
             self.fastest_ns = fastest if self.fastest_ns is None else min(self.fastest_ns, fastest)
 
 
+@dataclass(frozen=True)
+class JudgedRound:
+    """One timed round, its verdict (None: accepted) and which runs of each part are clean."""
+
+    pair: RoundPair
+    verdict: str | None
+    masks: dict[str, list[bool]]
+
+    @property
+    def clean(self) -> RoundPair:
+        """The round with its clean runs only."""
+        return dataclasses.replace(self.pair, **{part: _kept(getattr(self.pair, part), mask)
+                                                 for part, mask in self.masks.items()})
+
+    @property
+    def dropped(self) -> dict[str, list[int]]:
+        """The samples of the runs left out for their canaries, by part."""
+        return {part: [s for s, keep in zip(getattr(self.pair, part).samples_ns, mask) if not keep]
+                for part, mask in self.masks.items()}
+
+
 @dataclass
 class ArchRounds:
-    """The rounds of one architecture so far, judged, and whether its label is known."""
+    """The rounds of one architecture so far, and whether its label is known. Rounds are
+    judged afresh on every question, against the session's canary reference as it is then."""
 
     protocol: TimingProtocol
+    reference: CanaryReference = field(default_factory=CanaryReference)
     pairs: list[RoundPair] = field(default_factory=list)
-    reasons: list[str | None] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, pair: RoundPair, seconds: float, canary_reference_ns: float | None) -> str | None:
-        """Record one timed round; the reason it is discarded on its own, if any."""
-        reason = disturbance(pair, canary_reference_ns) if self.protocol.converging else None
+    def add(self, pair: RoundPair, seconds: float) -> str | None:
+        """Record one timed round (and its canaries in the reference); its verdict as of now."""
+        self.reference.update(pair)
         self.pairs.append(pair)
-        self.reasons.append(reason)
         self.seconds += seconds
-        return reason
+        return self.judged()[-1].verdict
 
-    def verdicts(self) -> list[str | None]:
-        """Each round's reason to be discarded (None: accepted), outliers included."""
-        verdicts = list(self.reasons)
-        if not self.protocol.converging:
-            return verdicts
-        clean = [i for i, r in enumerate(verdicts) if r is None]
-        totals = [round_total_ms(self.pairs[i], self.protocol.trim) for i in clean]
-        for k in outliers(totals):
-            verdicts[clean[k]] = "outlier"
-        return verdicts
+    def judged(self) -> list[JudgedRound]:
+        p = self.protocol
+        reference = self.reference.fastest_ns if p.converging else None
+        rounds = []
+        for pair in self.pairs:
+            masks = {part: clean_runs(getattr(pair, part), p.canary_every, reference) for part in PARTS}
+            verdict = disturbance(pair) if p.converging else None
+            if verdict is None and min(sum(m) / len(m) for m in masks.values()) < MIN_CLEAN_SHARE:
+                verdict = "canary"
+            rounds.append(JudgedRound(pair, verdict, masks))
+        if not p.converging:
+            return rounds
+        kept = [i for i, r in enumerate(rounds) if r.verdict is None]
+        for k in outliers([round_total_ms(rounds[i].clean, p.trim) for i in kept]):
+            rounds[kept[k]] = dataclasses.replace(rounds[kept[k]], verdict="outlier")
+        return rounds
 
     def accepted(self) -> list[RoundPair]:
-        return [p for p, v in zip(self.pairs, self.verdicts()) if v is None]
+        """The clean runs of the accepted rounds."""
+        return [r.clean for r in self.judged() if r.verdict is None]
 
     def discarded(self) -> Counter:
-        return Counter(v for v in self.verdicts() if v is not None)
+        return Counter(r.verdict for r in self.judged() if r.verdict is not None)
 
     def interval(self) -> float | None:
         return interval([round_total_ms(p, self.protocol.trim) for p in self.accepted()])
@@ -146,9 +190,9 @@ class ArchRounds:
         if not p.converging:
             return len(self.pairs) >= p.rounds
         accepted = self.accepted()
-        half = self.interval()
-        return (len(accepted) >= p.rounds and sum(len(a.encoder.samples_ns) for a in accepted) >= p.runs
-                and half is not None and half <= p.precision)
+        runs = min(sum(len(getattr(a, part).samples_ns) for a in accepted) for part in PARTS)
+        half = interval([round_total_ms(a, p.trim) for a in accepted])
+        return len(accepted) >= p.rounds and runs >= p.runs and half is not None and half <= p.precision
 
     @property
     def budget_spent(self) -> bool:
@@ -162,8 +206,9 @@ class ArchRounds:
         return self.converged or self.budget_spent
 
     def measurements(self) -> tuple[Measurement, Measurement]:
-        """The label's encoder and decoder measurements: the accepted rounds (all rounds in the
-        fixed protocol, or when none was accepted: such a row is flagged, never silently wrong)."""
+        """The label's encoder and decoder measurements: the clean runs of the accepted rounds
+        (every run in the fixed protocol, or of every round when none was accepted: such a row
+        is flagged, never silently wrong)."""
         rounds = self.accepted() or self.pairs
         return (Measurement.from_rounds([r.encoder for r in rounds], self.protocol.trim),
                 Measurement.from_rounds([r.decoder for r in rounds], self.protocol.trim))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from profiler.artifacts import get_artifact
-from profiler.convergence import ArchRounds, CanaryReference
+from profiler.convergence import PARTS, ArchRounds, CanaryReference
 from profiler.dataset import DatasetWriter, RowQuality, make_settings, row_from_measurement
 from profiler.errors import DatasetError, ErrorCode, HatprofError
 from profiler.protocol import TimingProtocol
@@ -76,7 +76,7 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
 
     Returns each architecture's rounds and the errors of those that failed (then skipped).
     """
-    states = [ArchRounds(job.protocol) for _ in archs]
+    states = [ArchRounds(job.protocol, reference) for _ in archs]
     failed: dict[str, str] = {}
     p = job.protocol
     planned = p.runs_per_round()
@@ -97,8 +97,7 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
                 logger.warning("architecture %s: measurement failed: %s", arch.arch_id, exc)
                 failed[arch.arch_id] = str(exc)
                 continue
-            reference.update(pair)
-            reason = state.add(pair, time.monotonic() - start, reference.fastest_ns)
+            reason = state.add(pair, time.monotonic() - start)
             if reason:
                 logger.info("architecture %s: round %d discarded (%s)", arch.arch_id, len(state.pairs), reason)
             if on_round is not None:
@@ -109,12 +108,13 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
 def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict[str, str],
             environment: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     encoder, decoder = state.measurements()
-    verdicts = state.verdicts()
-    accepted = verdicts.count(None)
+    judged = state.judged()
+    accepted = sum(r.verdict is None for r in judged)
     env = {**environment,
-           "rounds": [{"before": r.before, "after": r.after, "gate": r.gate, "verdict": v,
-                       "canary_ns": {"encoder": list(r.encoder.canary_ns), "decoder": list(r.decoder.canary_ns)}}
-                      for r, v in zip(state.pairs, verdicts)],
+           "rounds": [{"before": r.pair.before, "after": r.pair.after, "gate": r.pair.gate, "verdict": r.verdict,
+                       "canary_ns": {part: list(getattr(r.pair, part).canary_ns) for part in PARTS},
+                       "dropped_ms": {part: [s / 1e6 for s in samples] for part, samples in r.dropped.items()}}
+                      for r in judged],
            "warnings": {"encoder": encoder.warnings(), "decoder": decoder.warnings()}}
     quality = RowQuality(
         converged=state.converged if job.protocol.converging else None,
@@ -122,9 +122,10 @@ def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict
         rounds_discarded=dict(state.discarded()),
         device_s=state.seconds,
         gate_wait_s=sum(float(r.gate.get("waited_s", 0.0)) for r in state.pairs),
-        discarded_rounds=[{"reason": v, "encoder_ms": [s / 1e6 for s in r.encoder.samples_ns],
-                           "decoder_ms": [s / 1e6 for s in r.decoder.samples_ns]}
-                          for r, v in zip(state.pairs, verdicts) if v is not None and accepted],
+        # a discarded round's samples, unless the label had to be made of every round
+        discarded_rounds=[{"reason": r.verdict, **{f"{part}_ms": [s / 1e6 for s in getattr(r.pair, part).samples_ns]
+                                                   for part in PARTS}}
+                          for r in judged if r.verdict is not None and accepted],
     )
     return row_from_measurement(arch, job.space, settings, encoder, decoder, env, quality)
 

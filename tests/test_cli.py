@@ -77,8 +77,13 @@ def test_measure_converges_by_default_and_records_how(tmp_path, capsys):
     rounds = raw["environment"]["rounds"]
     # every round timed is in the record with its verdict; the label is made of the accepted ones
     assert len(rounds) == row["rounds_used"] + row["rounds_discarded"] and 4 <= len(rounds) <= 6
-    assert [r["verdict"] for r in rounds].count(None) == row["rounds_used"] == len(raw["round_sizes"])
-    assert raw["round_sizes"] == [5] * row["rounds_used"] and len(raw["encoder_ms"]) == 5 * row["rounds_used"]
+    assert [r["verdict"] for r in rounds].count(None) == row["rounds_used"]
+    # the label is made of the clean runs of the accepted rounds (of every round when none was
+    # accepted, as on a busy machine: then the row is flagged)
+    label_rounds = row["rounds_used"] or len(rounds)
+    assert len(raw["round_sizes"]) == label_rounds and (row["rounds_used"] > 0 or row["unstable"])
+    dropped = sum(len(r["dropped_ms"]["encoder"]) for r in rounds if r["verdict"] is None and row["rounds_used"])
+    assert len(raw["encoder_ms"]) == 5 * label_rounds - dropped
     assert all(len(r["canary_ns"]["encoder"]) == 2 and "timed_out" in r["gate"] for r in rounds)
     stats = recompute_from_raw(raw, trim=0.1)
     assert stats["latency_ms"] == pytest.approx(row["latency_ms"], rel=1e-12)

@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from profiler import measure
-from profiler.convergence import (CANARY_LIMIT, ArchRounds, CanaryReference, disturbance, interval, outliers,
-                                  round_total_ms)
+from profiler.convergence import (CANARY_LIMIT, ArchRounds, CanaryReference, clean_runs, disturbance, interval,
+                                  outliers, round_total_ms)
 from profiler.dataset import DatasetWriter, raw_path_for, read_dataset, recompute_from_raw
 from profiler.measure import MeasureJob, dataset_settings, measure_archs
 from profiler.protocol import RoundResult, TimingProtocol, trimmed_mean
@@ -41,14 +41,36 @@ def test_interval_is_students_t_of_the_mean():
     assert interval(many) >= stats.t.ppf(0.975, 39) * np.std(many, ddof=1) / np.sqrt(40) / 10
 
 
-def test_a_round_is_disturbed_by_contention_heat_or_a_slow_canary():
-    assert disturbance(pair(10), 1000) is None
-    assert disturbance(pair(10, other=0.2), 1000) == "contention"
-    assert disturbance(pair(10, gate={"timed_out": True}), 1000) == "thermal"
-    slow = int(1000 * (1 + CANARY_LIMIT)) + 1
-    assert disturbance(pair(10, canary_ns=slow), 1000) == "canary"
-    assert disturbance(pair(10, canary_ns=slow - 2), 1000) is None
-    assert disturbance(pair(10, canary_ns=slow), None) is None  # no reference yet
+def test_a_round_is_disturbed_by_contention_or_heat():
+    assert disturbance(pair(10)) is None
+    assert disturbance(pair(10, other=0.2)) == "contention"
+    assert disturbance(pair(10, other=None)) is None  # unknown is not contention
+    assert disturbance(pair(10, gate={"timed_out": True})) == "thermal"
+
+
+def test_runs_are_clean_when_both_canaries_around_them_are():
+    # 10 runs, a canary before run 0, 3, 6, 9 and after the last: 5 canaries, the third slow
+    result = RoundResult(tuple(range(10)), 0.0, (1000, 1010, 1200, 1000, 1000))
+    assert clean_runs(result, 3, 1000) == [True] * 3 + [False] * 6 + [True]
+    limit = int(1000 * (1 + CANARY_LIMIT))
+    assert clean_runs(RoundResult((1, 2), 0.0, (limit, limit)), 3, 1000) == [True, True]
+    assert clean_runs(RoundResult((1, 2), 0.0, (limit + 1, 1000)), 3, 1000) == [False, False]
+    assert clean_runs(result, 3, None) == [True] * 10  # no reference yet
+    assert clean_runs(RoundResult((1, 2), 0.0), 3, 1000) == [True, True]  # no canary timed
+
+
+def test_runs_beside_a_slow_canary_are_left_out_and_recorded():
+    protocol = TimingProtocol(runs=20, rounds=2, precision=0.5, trim=0.0, canary_every=5)
+    rounds = ArchRounds(protocol)
+    calm = RoundResult((MS,) * 10, 0.0, (1000, 1000, 1000))
+    burst = RoundResult((MS,) * 5 + (2 * MS,) * 5, 0.0, (1000, 1000, 1500))  # the last 5 runs slowed
+    rounds.add(RoundPair(calm, calm), 1.0)
+    assert rounds.add(RoundPair(calm, burst), 1.0) is None  # half its runs are clean: kept
+    judged = rounds.judged()
+    assert judged[1].dropped == {"encoder": [], "decoder": [2 * MS] * 5}
+    encoder, decoder = rounds.measurements()
+    assert decoder.n == 15 and decoder.trimmed_mean_ms == 1.0 and encoder.n == 20
+    assert not rounds.converged  # 15 clean decoder runs < 20
 
 
 def test_outliers_need_four_rounds_and_are_judged_on_both_sides():
@@ -70,7 +92,7 @@ def test_a_label_converges_when_enough_clean_rounds_agree():
     protocol = TimingProtocol(runs=40, rounds=4, precision=0.01, max_rounds=10, trim=0.1)
     rounds = ArchRounds(protocol)
     for latency in (10.0, 10.02, 9.98, 10.01):
-        rounds.add(pair(latency), 1.0, 1000)
+        rounds.add(pair(latency), 1.0)
     assert rounds.converged and rounds.done
     totals = [round_total_ms(p, 0.1) for p in rounds.pairs]
     assert rounds.interval() == pytest.approx(interval(totals))
@@ -80,8 +102,8 @@ def test_disturbed_rounds_are_discarded_and_the_label_is_made_of_the_clean_ones(
     protocol = TimingProtocol(runs=40, rounds=4, precision=0.01, max_rounds=10, trim=0.1)
     rounds = ArchRounds(protocol)
     for latency, canary in ((10.0, 1000), (14.0, 1400), (10.02, 1000), (9.98, 1000), (10.5, 1000), (10.01, 1000)):
-        rounds.add(pair(latency, canary_ns=canary), 1.0, 1000)
-    assert rounds.verdicts() == [None, "canary", None, None, "outlier", None]
+        rounds.add(pair(latency, canary_ns=canary), 1.0)
+    assert [r.verdict for r in rounds.judged()] == [None, "canary", None, None, "outlier", None]
     assert dict(rounds.discarded()) == {"canary": 1, "outlier": 1}
     encoder, decoder = rounds.measurements()
     clean = [rounds.pairs[i] for i in (0, 2, 3, 5)]
@@ -94,19 +116,19 @@ def test_a_spent_budget_ends_an_unconverged_label():
     protocol = TimingProtocol(runs=40, rounds=4, precision=0.01, max_rounds=6, trim=0.1)
     rounds = ArchRounds(protocol)
     for latency in (10, 11, 10, 11, 10, 11):
-        rounds.add(pair(latency), 1.0, 1000)
+        rounds.add(pair(latency), 1.0)
     assert rounds.done and rounds.budget_spent and not rounds.converged
     seconds = ArchRounds(TimingProtocol(runs=40, rounds=4, max_rounds=30, max_seconds=2.5))
     for latency in (10, 11, 10):
-        seconds.add(pair(latency), 1.0, 1000)
+        seconds.add(pair(latency), 1.0)
     assert seconds.budget_spent
 
 
 def test_the_fixed_protocol_keeps_every_round():
     rounds = ArchRounds(TimingProtocol.hat(runs=30, rounds=3))
     for latency, canary in ((10, 1000), (20, 5000), (10, 1000)):
-        rounds.add(pair(latency, canary_ns=canary), 1.0, 1000)
-    assert rounds.verdicts() == [None, None, None] and rounds.done and rounds.converged
+        rounds.add(pair(latency, canary_ns=canary), 1.0)
+    assert [r.verdict for r in rounds.judged()] == [None, None, None] and rounds.done and rounds.converged
 
 
 class BurstyTarget:
