@@ -22,6 +22,7 @@ from profiler.space import HAT_FEATURES, ArchConfig, DesignSpace
 
 from predictor import data as _data
 from predictor import features as _features
+from predictor.conformal import COVERAGE_KEY, INTERVAL_CONFIDENCE, Conformal
 from predictor.metrics import latency_metrics, split_indices
 from predictor.models import (ESTIMATORS, BoostedTreesRegressor, CostRidgeRegressor, RidgeTreesRegressor,
                               TorchMLPRegressor)
@@ -117,6 +118,7 @@ class LatencyPredictor:
     estimators: dict[str, BaseEstimator]
     metadata: dict[str, Any] = field(default_factory=dict)
     check_rows: pd.DataFrame | None = None
+    intervals: Conformal | None = None
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -266,22 +268,31 @@ def train_predictor(df: pd.DataFrame, model: str = DEFAULT_MODEL,
     """Fit `model` on all rows; with 20 rows or more, first measure it on HAT's split.
 
     The held-out metrics (test part of the seeded 80/10/10 split, fitted on the 80%)
-    go into `metadata["metrics"]`; the returned predictor is then refitted on every row.
-    `targets` overrides the model's own ("auto" or "total").
+    go into `metadata["metrics"]`, the validation part's relative residuals into the
+    prediction intervals (split conformal, `predictor.conformal`), with their coverage of
+    the test part; the returned predictor is then refitted on every row (so its intervals
+    are, if anything, slightly wide). `targets` overrides the model's own ("auto" or "total").
     """
     spec = model_spec(model)
     prep = prepare(df, spec.feature_set, targets or spec.targets)
-    metrics = None
+    metrics, intervals = None, None
     if len(df) >= MIN_ROWS_FOR_METRICS:
-        train, _, test = split_indices(len(df), seed)
+        train, validation, test = split_indices(len(df), seed)
         held = fit_prepared(prep, train, model, params, seed)
         predicted = held.predict_parts(prep.X[test])["total"]
+        intervals = Conformal.from_residuals(prep.ys["total"][validation],
+                                             held.predict_parts(prep.X[validation])["total"],
+                                             "split conformal (validation part of HAT's split)")
         metrics = {"holdout": latency_metrics(prep.ys["total"][test], predicted),
                    "split": {"seed": seed, "train": int(len(train)), "test": int(len(test))}}
+        if intervals.rows >= intervals.min_rows(INTERVAL_CONFIDENCE):
+            metrics["holdout"][COVERAGE_KEY] = intervals.coverage(prep.ys["total"][test], predicted,
+                                                                  INTERVAL_CONFIDENCE)
         log.info("%s on the held-out %d rows: MAPE %.2f%%, within 10%% %.3f", model, len(test),
                  metrics["holdout"]["mape"], metrics["holdout"]["within_10"])
     else:
         log.warning("only %d rows: the predictor is saved without held-out metrics", len(df))
     predictor = fit_prepared(prep, None, model, params, seed)
     predictor.metadata["metrics"] = metrics
+    predictor.intervals = intervals
     return predictor

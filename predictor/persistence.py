@@ -10,6 +10,9 @@ A predictor file is a zip archive of two members:
 - `arrays.npz`: every fitted parameter as a named numpy array, read with
   `allow_pickle=False`.
 
+Since format version 2 the manifest also carries the prediction intervals' conformal
+scores (`predictor.conformal`); version 1 files still load, without intervals.
+
 Tree ensembles are stored as their exported node arrays (see `predictor.trees`), not as
 a refit recipe: the file then predicts without scikit-learn and cannot drift when
 scikit-learn changes its fitting. Because nothing but numpy arithmetic runs at
@@ -32,13 +35,14 @@ import pandas as pd
 from profiler.errors import HatprofError, PredictorError
 from profiler.space import ArchConfig
 
+from predictor.conformal import Conformal
 from predictor.core import LatencyPredictor, library_versions
 from predictor.transfer import TransferPredictor
 
 log = logging.getLogger(__name__)
 
 FORMAT = "hatprof-predictor"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST, ARRAYS = "predictor.json", "arrays.npz"
 #: Relative tolerance of the self-check (identical on one machine; BLAS may differ elsewhere).
 CHECK_RTOL = 1e-6
@@ -48,6 +52,7 @@ class Predictor(Protocol):
     """What the search and the CLI use: any loaded predictor has these."""
 
     metadata: dict[str, Any]
+    intervals: Conformal | None
 
     def predict_archs(self, archs: Sequence[ArchConfig]) -> np.ndarray: ...
 
@@ -60,14 +65,19 @@ KINDS = {"latency": LatencyPredictor, "transfer": TransferPredictor}
 def _payload(pred: Predictor) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(pred, tuple(KINDS.values())):
         raise PredictorError(f"cannot save a {type(pred).__name__}")
-    return pred.to_payload()
+    manifest, arrays = pred.to_payload()
+    intervals = pred.intervals
+    return {**manifest, "intervals": None if intervals is None else intervals.to_dict()}, arrays
 
 
 def _from_payload(manifest: dict, arrays: dict[str, np.ndarray]) -> Predictor:
     kind = manifest.get("kind")
     if kind not in KINDS:
         raise PredictorError(f"unknown predictor kind {kind!r} (known: {', '.join(KINDS)})")
-    return KINDS[kind].from_payload(manifest, arrays)
+    pred = KINDS[kind].from_payload(manifest, arrays)
+    intervals = manifest.get("intervals")
+    pred.intervals = None if intervals is None else Conformal.from_dict(intervals)
+    return pred
 
 
 def save_predictor(pred: Predictor, path: str | Path) -> Path:

@@ -100,6 +100,36 @@ def test_adapted_predictor_round_trip(frame, saved, tmp_path, method):
     loaded = load_predictor(path)
     assert loaded.method == method and loaded.corrections == adapted.corrections
     pd.testing.assert_frame_equal(loaded.predict_frame(frame), adapted.predict_frame(frame))
+    assert loaded.intervals == adapted.intervals and loaded.intervals.rows == 15
+
+
+def test_intervals_are_stored_with_the_predictor(saved):
+    loaded = load_predictor(saved)
+    assert loaded.intervals.rows == 12  # the validation tenth of 120 rows
+    assert loaded.intervals.method.startswith("split conformal")
+    with zipfile.ZipFile(saved) as archive:
+        manifest = json.loads(archive.read(MANIFEST))
+    assert manifest["intervals"]["scores"] == list(loaded.intervals.scores)
+
+
+def test_version_1_files_load_without_intervals(saved, tmp_path):
+    def to_v1(manifest):
+        manifest["format_version"] = 1
+        del manifest["intervals"]
+    loaded = load_predictor(_rewrite(saved, tmp_path / "v1.predictor", edit_manifest=to_v1))
+    assert loaded.intervals is None
+    np.testing.assert_array_equal(loaded.predict_frame(synthetic_frame(20, seed=3))["predicted_ms"],
+                                  load_predictor(saved).predict_frame(synthetic_frame(20, seed=3))["predicted_ms"])
+
+
+def test_old_adapted_files_ask_to_adapt_again(saved, tmp_path):
+    adapted = save_predictor(adapt(load_predictor(saved), synthetic_frame(30, seed=8, device="synthetic-pi")),
+                             tmp_path / "new.predictor")
+
+    def to_old(manifest):
+        manifest["base"] = manifest.pop("bases")[0]
+    with pytest.raises(PredictorError, match="older hatprof.*adapt it again"):
+        load_predictor(_rewrite(adapted, tmp_path / "old.predictor", edit_manifest=to_old))
 
 
 @pytest.mark.parametrize("content, message", [

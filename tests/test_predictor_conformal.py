@@ -1,0 +1,60 @@
+"""Prediction intervals: conformal quantiles, coverage, and the intervals predictors carry."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from profiler.errors import PredictorError
+from predictor import train_predictor
+from predictor.conformal import Conformal, intervals_of
+from predictor.synthetic import synthetic_frame
+
+
+def test_quantile_is_the_conformal_rank():
+    # 19 scores: the 90% quantile is the ceil(20 * 0.9) = 18th smallest.
+    c = Conformal.from_residuals(np.full(19, 100.0), 100.0 / (1 + np.arange(1, 20) / 100), "test")
+    assert c.rows == 19
+    assert c.quantile(0.9) == pytest.approx(0.18)
+    assert c.quantile(0.5) == pytest.approx(0.10)
+    assert math.isinf(Conformal((0.1,) * 8, "test").quantile(0.9))
+    assert Conformal.min_rows(0.9) == 9 and Conformal.min_rows(0.8) == 4
+
+
+def test_bounds_and_coverage():
+    c = Conformal((0.05, 0.1, 0.2), "test")
+    lower, upper = c.bounds(np.array([100.0, 10.0]), 0.5)  # rank ceil(4 * 0.5) = 2: q = 0.1
+    np.testing.assert_allclose(lower, [90.0, 9.0])
+    np.testing.assert_allclose(upper, [110.0, 11.0])
+    measured = np.array([95.0, 111.0, 89.0, 105.0])
+    assert c.coverage(measured, np.full(4, 100.0), 0.5) == 0.5
+    with pytest.raises(PredictorError, match="needs at least 9 scored rows"):
+        c.bounds(np.array([1.0]), 0.9)
+    with pytest.raises(PredictorError, match="between 0 and 1"):
+        c.quantile(1.0)
+
+
+def test_non_positive_predictions_score_infinity():
+    c = Conformal.from_residuals(np.array([1.0, 1.0]), np.array([-1.0, 0.5]), "test")
+    assert c.scores == (1.0, math.inf)
+    assert Conformal.from_dict(c.to_dict()) == c
+
+
+def test_trained_predictor_carries_split_conformal_intervals():
+    df = synthetic_frame(400, seed=2)
+    pred = train_predictor(df)
+    c = intervals_of(pred)
+    assert c.rows == 40  # the validation tenth of HAT's split
+    holdout = pred.metadata["metrics"]["holdout"]
+    assert 0.75 <= holdout["coverage_90"] <= 1.0
+    # Fresh rows of the same device: about 90% inside (n = 600, generous band).
+    fresh = synthetic_frame(1000, seed=99).iloc[400:]
+    predicted = pred.predict_frame(fresh)["predicted_ms"].to_numpy()
+    assert 0.8 <= c.coverage(fresh["latency_ms"].to_numpy(), predicted, 0.9) <= 0.98
+
+
+def test_predictor_without_intervals_says_so():
+    pred = train_predictor(synthetic_frame(12, seed=1))
+    with pytest.raises(PredictorError, match="no prediction intervals"):
+        intervals_of(pred)
