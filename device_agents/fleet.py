@@ -34,7 +34,7 @@ from device_agents.inventory import Inventory
 from profiler.artifacts import get_artifact
 from profiler.dataset import DatasetWriter
 from profiler.errors import DeviceError, ErrorCode, HatprofError
-from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
+from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset, row_kind
 from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig
 from profiler.target import MeasureTarget
@@ -66,10 +66,16 @@ class DeviceProgress:
     agents: int
     agents_live: int
     silent: dict[str, float] = field(default_factory=dict)  # agent -> seconds without an answer
+    #: Rows of this run by how their label was reached: clean, re-measured (rounds discarded), unstable.
+    kinds: dict[str, int] = field(default_factory=dict)
+    eta_s: float | None = None
 
     def line(self) -> str:
-        line = (f"{self.device}: {self.done}/{self.total} rows, {self.failed} failed, "
+        kinds = ", ".join(f"{kind} {n}" for kind, n in self.kinds.items())
+        line = (f"{self.device}: {self.done}/{self.total} rows ({kinds}), {self.failed} failed, "
                 f"{self.agents_live}/{self.agents} agents")
+        if self.eta_s is not None:
+            line += f", ETA {int(self.eta_s // 60)}:{int(self.eta_s % 60):02d}"
         return line + "".join(f"; agent {agent} silent for {seconds:.0f} s"
                               for agent, seconds in sorted(self.silent.items()))
 
@@ -83,6 +89,7 @@ class DeviceReport:
     total: int
     already: int = 0
     measured: int = 0
+    kinds: dict[str, int] = field(default_factory=lambda: {"clean": 0, "re-measured": 0, "unstable": 0})
     failed: list[ArchResult] = field(default_factory=list)
     lost_agents: list[str] = field(default_factory=list)
 
@@ -210,6 +217,7 @@ class _DeviceRun:
         self._lock = threading.Lock()
         self._live = len(device.targets)
         self._on_progress = on_progress
+        self._started = time.monotonic()
         self.tracked: list[_TrackedTarget] = []
 
     def open(self) -> set[str]:
@@ -224,9 +232,13 @@ class _DeviceRun:
         if self._on_progress is None:
             return
         with self._lock:
-            state = DeviceProgress(self.device.name, self.report.total,
-                                   self.report.already + self.report.measured, len(self.report.failed),
-                                   len(self.device.targets), self._live, dict(silent or {}))
+            report = self.report
+            left = report.total - report.already - report.measured - len(report.failed)
+            elapsed = time.monotonic() - self._started
+            finished = report.measured + len(report.failed)
+            state = DeviceProgress(self.device.name, report.total, report.already + report.measured,
+                                   len(report.failed), len(self.device.targets), self._live, dict(silent or {}),
+                                   dict(report.kinds), elapsed / finished * left if finished else None)
         self._on_progress(state)
 
     def check_silence(self, silence_s: float) -> None:
@@ -244,6 +256,7 @@ class _DeviceRun:
             for result in results:
                 if result.ok:
                     self.report.measured += 1
+                    self.report.kinds[row_kind(result.row)] += 1
                 else:
                     self.report.failed.append(result)
         self.progress()

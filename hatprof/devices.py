@@ -15,7 +15,7 @@ import click
 
 from profiler.convergence import ArchRounds
 from profiler.errors import HatprofError
-from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset
+from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset, row_kind
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig
 from profiler.target import MeasureTarget
@@ -67,12 +67,7 @@ class MeasureProgress:
         self.bar.update(1, self.status())
 
     def on_result(self, result: ArchResult) -> None:
-        if not result.ok:
-            self.counts["failed"] += 1
-        elif result.row["unstable"]:
-            self.counts["unstable"] += 1
-        else:
-            self.counts["re-measured" if result.row["rounds_discarded"] else "clean"] += 1
+        self.counts[row_kind(result.row) if result.ok else "failed"] += 1
         left = self.planned - self.rounds.get(result.arch.arch_id, 0)
         self.bar.update(max(left, 0), self.status())  # a failed architecture's rounds are not coming
 

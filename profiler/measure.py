@@ -179,6 +179,13 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
     return results
 
 
+def row_kind(row: dict[str, Any]) -> str:
+    """How a row's label was reached, in a word: clean, re-measured (rounds or runs discarded), unstable."""
+    if row["unstable"]:
+        return "unstable"
+    return "re-measured" if row["rounds_discarded"] else "clean"
+
+
 RUNTIMES = {"onnx": "onnxruntime", "torchscript": "torchscript", "eager": "pytorch"}
 #: The library whose version is a runtime's version.
 _RUNTIME_LIBRARY = {"onnx": "onnxruntime", "torchscript": "torch", "eager": "torch"}

@@ -89,6 +89,13 @@ def test_collect_pairs_devices_and_resumes_without_remeasuring(tmp_path, agents)
     assert {rows(tmp_path / "out" / "pair.csv")[0]["host"], rows(tmp_path / "out" / "single.csv")[0]["host"]} \
         == {"pair", os.uname().nodename}
     assert progress[-1].device in ("pair", "single") and any(p.done == 5 for p in progress)
+    for name in ("pair", "single"):  # the last line of each device counts every row by its kind, and has an ETA
+        last = [p for p in progress if p.device == name][-1]
+        assert sum(last.kinds.values()) == 5 and last.kinds == reports[name].kinds
+        assert last.eta_s == 0 and "ETA 0:00" in last.line() and "unstable" in last.line()
+    unstable = sum(bool(r["unstable"] == "True") for name in ("pair", "single")
+                   for r in rows(tmp_path / "out" / f"{name}.csv"))
+    assert sum(reports[name].kinds["unstable"] for name in ("pair", "single")) == unstable
     # both agents of "pair" took a share of the work
     served = [a.agent.store.stats()["blobs"] for a in agents[:2]]
     assert all(served), served
