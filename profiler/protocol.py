@@ -224,15 +224,23 @@ def _settings_from_dict(cls: type, data: Mapping[str, Any], what: str) -> Any:
     return cls(**dict(data))
 
 
-def canary() -> int:
-    """The fixed reference kernel timed between runs: a little pure-Python integer work
-    (about 50-100 µs on a desktop core). It uses no library and no thread pool, so its time
-    moves only with the CPU it runs on: a slower canary means the runs around it shared
-    the CPU, ran at a lower clock, or were slowed by the machine's host."""
-    total = 0
-    for i in range(2000):
-        total += i * i
-    return total
+class Canary:
+    """The fixed reference kernel timed between runs (about 0.2 ms on a desktop core): a little
+    pure-Python integer work, then a sum over a buffer larger than a core's L2 cache. It uses
+    no thread pool, so its time moves only with the CPU it runs on and the cache and memory it
+    shares: a slower canary means the runs around it shared the CPU, ran at a lower clock, lost
+    the cache to a neighbour, or were slowed by the machine's host. The buffer is allocated and
+    touched once, here, so no canary call pays for page faults."""
+
+    def __init__(self, buffer_bytes: int = 2 << 20) -> None:
+        self._buffer = np.ones(buffer_bytes // 4, dtype=np.float32)
+        self()
+
+    def __call__(self) -> float:
+        total = 0
+        for i in range(1000):
+            total += i * i
+        return total + float(self._buffer.sum())
 
 
 def time_runs(fn: Callable[[], Any], warmup: int, runs: int,
@@ -246,11 +254,11 @@ def time_runs(fn: Callable[[], Any], warmup: int, runs: int,
     _check_count("runs", runs, 1)
     for _ in range(warmup):
         fn()
-    return _timed_loop(fn, runs, clock, 0, canary)[0]
+    return _timed_loop(fn, runs, clock, 0, None)[0]
 
 
 def _timed_loop(fn: Callable[[], Any], runs: int, clock: Callable[[], int], canary_every: int,
-                reference: Callable[[], Any]) -> tuple[list[int], list[int]]:
+                reference: Callable[[], Any] | None) -> tuple[list[int], list[int]]:
     """`runs` timed calls of `fn`, with the GC paused; with `canary_every` > 0, the reference
     kernel is timed before the first call, after every `canary_every` calls and after the last."""
     samples: list[int] = []
@@ -259,14 +267,14 @@ def _timed_loop(fn: Callable[[], Any], runs: int, clock: Callable[[], int], cana
     gc.disable()
     try:
         for i in range(runs):
-            if canary_every and i % canary_every == 0:
+            if reference is not None and canary_every and i % canary_every == 0:
                 start_ns = clock()
                 reference()
                 canary_ns.append(clock() - start_ns)
             start_ns = clock()
             fn()
             samples.append(clock() - start_ns)
-        if canary_every:
+        if reference is not None and canary_every:
             start_ns = clock()
             reference()
             canary_ns.append(clock() - start_ns)
@@ -354,13 +362,15 @@ class RoundResult:
 def time_round(fn: Callable[[], Any], warmup: int, runs: int,
                clock: Callable[[], int] = time.perf_counter_ns,
                probe: ContentionProbe | None = None, canary_every: int = 0,
-               reference: Callable[[], Any] = canary) -> RoundResult:
+               reference: Callable[[], Any] | None = None) -> RoundResult:
     """`time_runs`, with the contention probe watching the timed runs (not the warm-up) and,
-    with `canary_every` > 0, the reference kernel timed between them."""
+    with `canary_every` > 0, the reference kernel (a `Canary` unless given) timed between them."""
     _check_count("warmup", warmup, 0)
     _check_count("runs", runs, 1)
     _check_count("canary_every", canary_every, 0)
     probe = probe if probe is not None else ContentionProbe()
+    if canary_every and reference is None:
+        reference = Canary()
     for _ in range(warmup):
         fn()
     probe.start()
