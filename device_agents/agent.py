@@ -53,8 +53,9 @@ carries ``Retry-After``. No response ever carries a traceback.
 Limits: one measurement (or validation) at a time, because concurrent runs distort each
 other's timings; up to ``--queue`` requests wait up to ``--queue-wait`` seconds for their
 turn, the rest get 503 busy. Each measurement runs in a separate worker process that is
-killed after ``--time-limit`` seconds (504 ``timeout``)
-and renewed every 75 timed rounds. JSON bodies are at most 1 MiB,
+killed after ``--time-limit`` seconds (504 ``timeout``), may take at most
+``--max-memory-mb`` of memory (an allocation beyond it fails the call), and is renewed
+after every failed call and every 75 timed rounds. JSON bodies are at most 1 MiB,
 uploads at most ``--max-upload-mb`` (413); at most ``--max-connections`` connections at once.
 """
 from __future__ import annotations
@@ -78,6 +79,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from device_agents.store import BlobStore
 from device_agents.validate import MAX_MANIFEST_BYTES, loads_strict
 from device_agents.wire import (
@@ -99,6 +102,8 @@ _DRAIN_TIMEOUT_S = 1.0
 _MIN_BODY_BYTES_PER_S = 64 * 1024
 #: How long a new connection waits for the slot of a slow one closed to make room.
 _EVICT_WAIT_S = 2.0
+#: Smallest memory cap of the measuring process: its runtime and one small model fit.
+_MIN_WORKER_MB = 256
 
 
 @dataclass
@@ -118,6 +123,7 @@ class AgentConfig:
     max_connections: int = 32
     socket_timeout_s: float = 60.0  # one read or write
     request_timeout_s: float = 30.0  # a whole request head; a body gets its length at 64 KiB/s more
+    max_memory_mb: int | None = None  # the measuring process's memory cap (None: none)
     log_level: int = logging.WARNING
     formats: tuple[str, ...] = field(init=False)
 
@@ -131,7 +137,8 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.store = BlobStore(config.cache_dir, config.max_cache_bytes)
-        self.worker = AgentWorker({"cpus": config.cpus, "log_level": config.log_level},
+        self.worker = AgentWorker({"cpus": config.cpus, "log_level": config.log_level,
+                                   "max_memory_bytes": (config.max_memory_mb or 0) * _MiB},
                                   redact=str(Path(config.cache_dir).resolve()))
         self._device = threading.Lock()
         self._slots = threading.BoundedSemaphore(config.queue + 1)
@@ -160,7 +167,7 @@ class Agent:
                                                               self.config.time_limit_s))
         limits = {"max_json_bytes": MAX_JSON_BYTES, "max_upload_bytes": self.upload_limit("onnx"),
                   "time_limit_s": self.config.time_limit_s, "queue": self.config.queue,
-                  "queue_wait_s": self.config.queue_wait_s,
+                  "queue_wait_s": self.config.queue_wait_s, "max_memory_mb": self.config.max_memory_mb,
                   "measure": {k: list(v) for k, v in MEASURE_LIMITS.items()}}
         return {"protocol": PROTOCOL_VERSION, "environment": environment,
                 "agent": {"formats": list(self.config.formats), "limits": limits,
@@ -602,6 +609,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=1, help="threads reported by /v1/info by default")
     serve.add_argument("--cpus", help="CPUs to pin measurements to, like '2-3' (default: chosen "
                                       "from the thread count, highest CPUs first)")
+    serve.add_argument("--max-memory-mb", type=int, default=None,
+                       help="memory the measuring process may take, in MiB; a model that wants more "
+                            f"fails with measure_failed (default: half this machine's memory; 0: no cap; "
+                            f"at least {_MIN_WORKER_MB})")
     serve.add_argument("--max-connections", type=int, default=32,
                        help="open connections at most; at the cap the slowest unauthenticated one is closed")
     serve.add_argument("--request-timeout", type=float, default=30.0,
@@ -633,13 +644,19 @@ def _config(args: argparse.Namespace) -> AgentConfig:
             raise HatprofError(f"--{name.replace('_', '-')} must be positive")
     if args.time_limit <= 0 or args.queue_wait < 0 or args.request_timeout <= 0:
         raise HatprofError("--time-limit and --request-timeout must be positive and --queue-wait non-negative")
+    memory_mb = args.max_memory_mb
+    if memory_mb is None:
+        memory_mb = psutil.virtual_memory().total // 2 // _MiB
+    if memory_mb and memory_mb < _MIN_WORKER_MB:
+        raise HatprofError(f"--max-memory-mb must be 0 (no cap) or at least {_MIN_WORKER_MB}: "
+                           "the runtime alone takes over 100 MiB")
     return AgentConfig(
         token=read_token(args.token_file), cache_dir=args.cache_dir,
         max_cache_bytes=args.cache_mb * _MiB, max_upload_bytes=args.max_upload_mb * _MiB,
         time_limit_s=args.time_limit, queue=args.queue, queue_wait_s=args.queue_wait,
         threads=args.threads, cpus=sorted(parse_cpus(args.cpus)) if args.cpus else None,
         allow_torchscript=args.allow_torchscript, max_connections=args.max_connections,
-        request_timeout_s=args.request_timeout,
+        request_timeout_s=args.request_timeout, max_memory_mb=memory_mb or None,
         log_level=max(logging.DEBUG, logging.WARNING - 10 * args.verbose),
     )
 

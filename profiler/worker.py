@@ -6,7 +6,9 @@ exceeds the time limit, and starts a new one on the next call, so a model that h
 crashes the runtime costs one error result, not the caller. Holding the process between
 calls keeps onnxruntime loaded and lets the timing target stay pinned to its CPUs; after
 `RECYCLE_ROUNDS` timed rounds it is replaced by a fresh one, because a long-lived
-measuring process slows down.
+measuring process slows down. After any failed call it is replaced too, so whatever a
+bad model made it allocate (onnxruntime keeps freed memory in its arena) goes with it;
+`max_memory_bytes` in its config caps the memory it may take at all.
 
 The worker knows the operations `info` and `measure`; a user of it adds its own (the
 device agent adds artifact validation) as `ops`: module-level functions of one request.
@@ -19,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -118,11 +121,32 @@ def _reply(request: dict[str, Any], worker: _Worker) -> dict[str, Any]:
         return {"ok": False, "code": ErrorCode.MEASURE_FAILED, "message": f"{type(exc).__name__}: {exc}"}
 
 
+def _limit_memory(max_bytes: int) -> None:
+    """Cap this process's memory: allocations beyond `max_bytes` fail instead of growing it.
+
+    On Linux the data limit (which counts heap and private mappings, as onnxruntime's
+    arena and numpy allocate them, but not code or reserved stacks); elsewhere the
+    address-space limit. A failed allocation is an error of one call, not the OOM killer.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        logger.warning("no memory cap: this platform has no setrlimit")
+        return
+    limit = resource.RLIMIT_DATA if sys.platform.startswith("linux") else resource.RLIMIT_AS
+    hard = resource.getrlimit(limit)[1]
+    if hard != resource.RLIM_INFINITY:
+        max_bytes = min(max_bytes, hard)
+    resource.setrlimit(limit, (max_bytes, max_bytes))
+
+
 def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, Any],
                 ops: Mapping[str, Operation] | None = None) -> None:
     """The child's loop: one JSON request in, one JSON reply out, until the pipe closes."""
     logging.basicConfig(level=config.get("log_level", logging.WARNING),
                         format="%(levelname)s worker %(name)s: %(message)s")
+    if config.get("max_memory_bytes"):
+        _limit_memory(config["max_memory_bytes"])
     worker = _Worker(config, ops or {})
     try:
         while True:
@@ -195,6 +219,7 @@ class WorkerHandle:
                             f"{request['op']}; it is restarted on the next request") from None
         if reply["ok"]:
             return reply["value"]
+        self.stop()  # a fresh process for the next call: a failure may leave memory or state behind
         message = reply["message"].replace(self._redact, "<cache>") if self._redact else reply["message"]
         raise WorkerError(reply["code"], message)
 
