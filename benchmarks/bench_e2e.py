@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from nas.evaluate import REFERENCE_SENTENCES, LossScorer, bleu
-from nas.evolution import EvolutionStrategy
+from nas.experiment import SearchTask, search_and_measure
+from nas.latency import PredictedLatency
 from nas.measured import measure_inherited
-from nas.search import run_search
-from nas.train import checkpoint_corpus, load_checkpoint
+from nas.search import SearchSettings
 from predictor import train_predictor
 from profiler.bundled import CHECKPOINT, DATASET, bundled_path
 from profiler.dataset import read_dataset
@@ -42,8 +41,10 @@ TOLERANCE = 0.05
 log = logging.getLogger("bench_e2e")
 
 
-def _quality(net, arch, reference, test, vocab) -> dict:
-    return {"valid_loss": reference([arch])[0], "test_bleu": bleu(net, arch, test, vocab).score}
+def _quality(report: dict) -> dict:
+    """A candidate's losses and BLEU under this benchmark's names."""
+    return {"fitness_loss": report["valid_loss"], "valid_loss": report["reference_loss"],
+            "test_bleu": report["test_bleu"]}
 
 
 def main() -> None:
@@ -67,56 +68,49 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="hatprof-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    net, header = load_checkpoint(args.supernet)
-    space = net.space
-    corpus = checkpoint_corpus(header, space)
-    scorer = LossScorer(net, corpus.valid[: args.score_sentences])
-    reference = LossScorer(net, corpus.valid[:REFERENCE_SENTENCES])
-    test = corpus.test[:REFERENCE_SENTENCES]
+    task = SearchTask.load(args.supernet, args.score_sentences)
+    space = task.space
     largest = space.largest()
-    largest_quality = {"fitness_loss": scorer([largest])[0],
-                       **_quality(net, largest, reference, test, corpus.tgt_vocab)}
     protocol = TimingProtocol()
     target = WorkerTarget(threads=protocol.threads, cpus=cpus)
+    runs, largest_quality = [], {}
+    try:
+        for statistic in args.statistics.split(","):
+            latency = PredictedLatency(train_predictor(read_dataset(args.data, statistic)))
+            csv = work / f"measured_{statistic}.csv"
 
-    runs = []
-    for statistic in args.statistics.split(","):
-        predictor = train_predictor(read_dataset(args.data, statistic))
-        csv = work / f"measured_{statistic}.csv"
-        largest_ms = measure_inherited(net, [largest], target, protocol, csv, "local", statistic)[largest.arch_id]
-        limit = args.limit_fraction * largest_ms
-        log.info("%s: largest measured %.2f ms, limit %.2f ms", statistic, largest_ms, limit)
-        searches = []
-        for seed in (int(s) for s in args.seeds.split(",")):
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = run_search(EvolutionStrategy(space, population=args.population, seed=seed),
-                                lambda archs: predictor.predict_archs(list(archs)).tolist(), scorer, limit,
-                                args.iterations)
-            searches.append({"seed": seed, "result": result, "elapsed_s": time.perf_counter() - wall,
-                             "cpu_s": time.process_time() - cpu})
-        measured = measure_inherited(net, [s["result"].best.arch for s in searches], target, protocol, csv,
-                                     "local", statistic)
-        winners = []
-        for s in searches:
-            best = s["result"].best
-            winners.append({
-                "seed": s["seed"], "arch_id": best.arch.arch_id, "arch": best.arch.to_dict(),
-                "predicted_ms": best.latency_ms, "measured_ms": measured[best.arch.arch_id],
-                "within_limit_plus_5pct": measured[best.arch.arch_id] <= limit * (1 + TOLERANCE),
-                "speedup_vs_largest": largest_ms / measured[best.arch.arch_id],
-                "fitness_loss": best.loss, **_quality(net, best.arch, reference, test, corpus.tgt_vocab),
-                "search": {"evaluated": s["result"].evaluated, "proposed": s["result"].proposed,
-                           "rejected": s["result"].rejected, "elapsed_s": round(s["elapsed_s"], 1),
-                           "cpu_s": round(s["cpu_s"], 1),
-                           "best_loss_by_iteration": [i["best_loss"] for i in s["result"].iterations]}})
-            log.info("%s seed %d: winner %.2f ms measured (%.2f predicted), limit %.2f; loss %.4f vs %.4f; "
-                     "search %.0f s", statistic, s["seed"], measured[best.arch.arch_id], best.latency_ms, limit,
-                     winners[-1]["valid_loss"], largest_quality["valid_loss"], s["elapsed_s"])
-        runs.append({"statistic": statistic, "predictor": predictor.model,
-                     "predictor_holdout": predictor.metadata["metrics"]["holdout"],
-                     "largest_measured_ms": largest_ms,
-                     "largest_predicted_ms": float(predictor.predict_archs([largest])[0]),
-                     "latency_limit_ms": limit, "winners": winners})
+            def measure(archs, csv=csv, statistic=statistic):
+                return measure_inherited(task.net, archs, target, protocol, csv, "local", statistic)
+
+            largest_ms = measure([largest])[largest.arch_id]
+            limit = args.limit_fraction * largest_ms
+            log.info("%s: largest measured %.2f ms, limit %.2f ms", statistic, largest_ms, limit)
+            winners = []
+            for seed in (int(s) for s in args.seeds.split(",")):
+                settings = SearchSettings(iterations=args.iterations, population=args.population, seed=seed)
+                record = search_and_measure(task, latency, [limit], settings, measure)
+                largest_quality = _quality(record["reference"])
+                run = record["runs"][0]
+                best, search = run["winner"], run["search"]
+                measured_ms = best["measured_latency_ms"]
+                winners.append({
+                    "seed": seed, "arch_id": best["arch_id"], "arch": best["arch"],
+                    "predicted_ms": best["predicted_latency_ms"], "measured_ms": measured_ms,
+                    "within_limit_plus_5pct": measured_ms <= limit * (1 + TOLERANCE),
+                    "speedup_vs_largest": largest_ms / measured_ms, **_quality(best),
+                    "search": {"evaluated": search["evaluated"], "proposed": search["proposed"],
+                               "rejected": search["rejected"], "elapsed_s": round(search["elapsed_s"], 1),
+                               "cpu_s": round(search["cpu_s"], 1),
+                               "best_loss_by_iteration": [i["best_loss"] for i in search["iterations"]]}})
+                log.info("%s seed %d: winner %.2f ms measured (%.2f predicted), limit %.2f; loss %.4f vs %.4f; "
+                         "search %.0f s", statistic, seed, measured_ms, best["predicted_latency_ms"], limit,
+                         winners[-1]["valid_loss"], largest_quality["valid_loss"], search["elapsed_s"])
+            runs.append({"statistic": statistic, "predictor": latency.predictor.model,
+                         "predictor_holdout": latency.predictor.metadata["metrics"]["holdout"],
+                         "largest_measured_ms": largest_ms, "largest_predicted_ms": latency([largest])[0],
+                         "latency_limit_ms": limit, "winners": winners})
+    finally:
+        target.close()
 
     payload = {
         "what": "end-to-end HAT search: limit = fraction x measured latency of the largest SubTransformer; "
@@ -131,7 +125,6 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    target.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -50,14 +50,12 @@ def main() -> None:
     net, header = load_checkpoint(args.supernet)
     space = net.space
     if args.predictor or args.data:
+        from nas.latency import PredictedLatency
         from predictor import train_predictor
-        from predictor.persistence import load_predictor
         from profiler.dataset import read_dataset
 
-        model = load_predictor(args.predictor) if args.predictor else train_predictor(read_dataset(args.data))
-
-        def latency_fn(archs):
-            return model.predict_archs(list(archs)).tolist()
+        latency_fn = (PredictedLatency.load(args.predictor) if args.predictor
+                      else PredictedLatency(train_predictor(read_dataset(args.data))))
         latency_source = args.predictor or f"default predictor trained on {Path(args.data).name}"
     else:
         def latency_fn(archs):

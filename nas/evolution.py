@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from nas.search import History, LatencyFilter
+from nas.search import History, LatencyFilter, SearchSettings, Strategy
 from profiler.errors import SearchError
 from profiler.space import ArchConfig, DesignSpace
 from profiler.vocabulary import DECODER_LAYER_GENES, ENCODER_LAYER_GENES, SCALAR_GENES
@@ -94,6 +94,11 @@ class EvolutionStrategy:
         self.mutation_prob, self.crossover_prob = mutation_prob, crossover_prob
         self._genes = _Genes(space, random.Random(seed))
 
+    @classmethod
+    def from_settings(cls, space: DesignSpace, settings: SearchSettings) -> "EvolutionStrategy":
+        return cls(space, population=settings.population, mutation_prob=settings.mutation_prob,
+                   crossover_prob=settings.crossover_prob, seed=settings.seed)
+
     def ask(self, history: History, feasible: LatencyFilter) -> list[ArchConfig]:
         genes = self._genes
         last = history.last_generation
@@ -127,6 +132,23 @@ class RandomStrategy:
         self.population = population
         self._genes = _Genes(space, random.Random(seed))
 
+    @classmethod
+    def from_settings(cls, space: DesignSpace, settings: SearchSettings) -> "RandomStrategy":
+        return cls(space, population=settings.population, seed=settings.seed)
+
     def ask(self, history: History, feasible: LatencyFilter) -> list[ArchConfig]:
         genes = self._genes
         return feasible.fill(lambda k: [genes.to_arch(genes.random()) for _ in range(k)], self.population)
+
+
+#: The search strategies by name; each builds itself from a space and `SearchSettings`.
+STRATEGIES = {cls.name: cls for cls in (EvolutionStrategy, RandomStrategy)}
+
+
+def make_strategy(space: DesignSpace, settings: SearchSettings) -> Strategy:
+    """The strategy `settings.strategy` over `space`, seeded by `settings.seed`."""
+    try:
+        cls = STRATEGIES[settings.strategy]
+    except KeyError:
+        raise SearchError(f"unknown search strategy {settings.strategy!r} (known: {', '.join(STRATEGIES)})") from None
+    return cls.from_settings(space, settings)

@@ -11,6 +11,7 @@ rejection sampling is bounded: when no candidate fits after `max_attempts` propo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -23,6 +24,24 @@ logger = logging.getLogger(__name__)
 
 LatencyFn = Callable[[Sequence[ArchConfig]], Sequence[float]]
 ScoreFn = Callable[[Sequence[ArchConfig]], Sequence[float]]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How to search: the strategy by name (`nas.evolution.STRATEGIES`), its budget and seed.
+
+    Defaults are HAT's: 30 iterations of 125 candidates, mutation p=0.3, crossover p=0.5.
+    """
+
+    strategy: str = "evolution"
+    iterations: int = 30
+    population: int = 125
+    mutation_prob: float = 0.3
+    crossover_prob: float = 0.5
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -200,6 +219,7 @@ def run_search(strategy: Strategy, latency_fn: LatencyFn, score_fn: ScoreFn, lat
             "generation_mean_loss": sum(t.loss for t in generation) / len(generation),
             "best_loss": best.loss,
             "best_latency_ms": best.latency_ms,
+            "feasible": feasible.proposed - feasible.rejected,
             "rejected": feasible.rejected,
         }
         summaries.append(summary)

@@ -8,17 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from _archs import TINY_SEARCH_SPACE
+
 from hatprof.commands.search import search, supernet
 from profiler.cost import count_macs
 from profiler.errors import SearchError
-from profiler.space import DesignSpace
 
-SPACE = DesignSpace(name="clitiny", encoder_embed_dim=(32, 16), decoder_embed_dim=(32, 16),
-                    encoder_layer_num=(2,), decoder_layer_num=(1, 2), encoder_ffn_embed_dim=(64, 32),
-                    decoder_ffn_embed_dim=(64, 32), encoder_self_attention_heads=(2, 1),
-                    decoder_self_attention_heads=(2, 1), decoder_ende_attention_heads=(2, 1),
-                    decoder_arbitrary_ende_attn=(-1, 1), qkv_dim=16, src_vocab=512, tgt_vocab=512,
-                    max_positions=64)
+SPACE = TINY_SEARCH_SPACE
 
 
 class MacPredictor:
@@ -50,7 +46,7 @@ def fake_predictor(monkeypatch, tmp_path):
 
 def test_supernet_train_writes_checkpoint_and_record(checkpoint) -> None:
     record = json.loads(checkpoint.with_suffix(".json").read_text())
-    assert record["train"]["steps"] == 4 and record["space"] == "clitiny"
+    assert record["train"]["steps"] == 4 and record["space"] == "tiny"
     assert record["training"]["valid_loss_largest"] > 0 and record["checkpoint_bytes"] > 0
 
 
@@ -60,15 +56,20 @@ def test_search_sweep_writes_result_and_plot(checkpoint, fake_predictor, tmp_pat
     limits = [largest_ms * 0.5, largest_ms * 0.8]
     args = ["--predictor", str(fake_predictor), "--supernet", str(checkpoint), "--latency-limits",
             ",".join(f"{x:.6f}" for x in limits), "--iterations", "2", "--population", "10",
-            "--score-sentences", "16", "--bleu-sentences", "8", "--out", str(out), "--plot", str(plot)]
+            "--score-sentences", "16", "--bleu-sentences", "8", "--out", str(out), "--plot", str(plot),
+            "--strategy", "random"]
     result = CliRunner().invoke(search, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
-    assert payload["reference"]["name"] == "largest"
+    assert payload["reference"]["name"] == "largest" and payload["settings"]["strategy"] == "random"
+    assert payload["threads"] == 1  # one torch thread unless --threads says otherwise
+    progress = [line for line in result.stderr.splitlines() if line.startswith("search <= ")]
+    assert len(progress) == 4 and "iteration 2/2" in progress[1] and "feasible" in progress[1]
+    assert "ETA" in progress[-1]
     assert [round(r["latency_limit_ms"], 3) for r in payload["runs"]] == [round(x, 3) for x in limits]
     for run in payload["runs"]:
         assert run["winner"]["predicted_latency_ms"] <= run["latency_limit_ms"]
-        assert len(run["search"]["iterations"]) == 2
+        assert len(run["search"]["iterations"]) == 2 and run["search"]["strategy"] == "random"
     assert plot.stat().st_size > 1000 and "largest" in result.output
 
 

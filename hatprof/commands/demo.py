@@ -8,17 +8,17 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from hatprof.devices import open_device, run_measure
 from hatprof.options import protocol_options
-from profiler.bundled import DATASET, bundled_path
+from profiler.bundled import CHECKPOINT, DATASET, bundled_path
 from profiler.measure import MeasureJob
 from profiler.protocol import TimingProtocol
 from profiler.space import load_space
-
 
 
 @click.command()
@@ -35,9 +35,13 @@ from profiler.space import load_space
 def demo(ctx: click.Context, out: Path, samples: int, iterations: int, population: int,
          protocol: TimingProtocol) -> None:
     """Measure -> predictor -> search -> measure the winner, on the bundled defaults."""
+    import torch
+
     from hatprof.commands.predictor import adapt, train
-    from hatprof.commands.search import search
-    from predictor.persistence import load_predictor
+    from hatprof.commands.search import SearchProgress, echo_table, measuring
+    from nas.experiment import SearchTask, search_and_measure
+    from nas.latency import PredictedLatency
+    from nas.search import SearchSettings
 
     space = load_space("compact")
     out.mkdir(parents=True, exist_ok=True)
@@ -56,13 +60,19 @@ def demo(ctx: click.Context, out: Path, samples: int, iterations: int, populatio
     ctx.invoke(train, data=bundled_path(DATASET), out=base)
     ctx.invoke(adapt, base=base, data=csv_path, out=local)
 
-    limit = 0.5 * float(load_predictor(local).predict_archs([space.largest()])[0])
+    latency = PredictedLatency.load(local)
+    limit = 0.5 * latency([space.largest()])[0]
     click.echo(f"\n3/4 search: lowest validation loss under {limit:.2f} ms "
                f"(half the largest SubTransformer's predicted latency)")
     click.echo("4/4 then the largest SubTransformer and the winner are measured here")
-    ctx.invoke(search, predictor_path=str(local), latency_limit_ms=limit, iterations=iterations,
-               population=population, out=out / "search.json", measure_device="local",
-               measure_runs=protocol.runs)
+    torch.set_num_threads(1)  # as `hatprof search` does by default
+    task = SearchTask.load(bundled_path(CHECKPOINT))
+    settings = SearchSettings(iterations=iterations, population=population)
+    with measuring("local", protocol.runs, task.net, out / "search.measured.csv", latency.statistic) as measure:
+        record = search_and_measure(task, latency, [limit], settings, measure,
+                                    on_iteration=SearchProgress(1, iterations))
+    (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")
+    echo_table(record["reference"], record["runs"])
 
 
 def _print_table(csv_path: Path) -> None:

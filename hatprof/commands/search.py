@@ -1,11 +1,12 @@
-"""Click commands of the nas package: `supernet train` and `search`.
+"""`hatprof supernet train` and `hatprof search`: thin commands over `nas`.
 
-Thin commands over the library: they read options, call `nas.train` / `nas.search`, and
-write files. Domain errors are `HatprofError`s, which the main `hatprof` CLI turns into a
-one-line message; usage errors are `click.BadParameter`.
+They read options, call `nas.train` / `nas.experiment.search_and_measure`, print progress
+and write files. Domain errors are `HatprofError`s, which the main `hatprof` CLI turns
+into a one-line message; usage errors are `click.BadParameter`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -19,13 +20,15 @@ import torch
 from hatprof.devices import open_device, progress_bar
 from hatprof.options import seed_option, space_option
 from nas.corpus import parallel_text_corpus, synthetic_corpus
-from nas.evaluate import REFERENCE_SENTENCES, LossScorer, bleu
-from nas.evolution import EvolutionStrategy
+from nas.evaluate import REFERENCE_SENTENCES, LossScorer
+from nas.evolution import STRATEGIES
+from nas.experiment import SearchTask, search_and_measure
 from nas.grammar import SyntheticTaskConfig
+from nas.latency import PredictedLatency
 from nas.measured import measure_inherited
-from nas.search import run_search
+from nas.search import SearchSettings
 from nas.supernet import SuperTransformer
-from nas.train import SAMPLING_RULES, TrainConfig, checkpoint_corpus, load_checkpoint, save_checkpoint, train_supernet
+from nas.train import SAMPLING_RULES, TrainConfig, save_checkpoint, train_supernet
 from profiler.bundled import CHECKPOINT, bundled_path
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
@@ -110,19 +113,43 @@ def _parse_limits(ctx: click.Context, param: click.Parameter, value: str | None)
     return limits
 
 
-def _predictor_latency_fn(path: str):
-    """`latency_fn` of a saved latency predictor (ms per architecture), and the latency
-    statistic it learnt (HAT's trimmed mean unless it was trained on another)."""
-    from predictor.persistence import load_predictor
+@contextlib.contextmanager
+def measuring(device: str | None, runs: int, net: SuperTransformer, csv_path: Path, statistic: str):
+    """The `measure` function of `search_and_measure` on `device` (None: no measurement),
+    its rows in `csv_path`, with a progress bar; the device is closed on exit."""
+    if device is None:
+        yield None
+        return
+    target, protocol = open_device(device, TimingProtocol(runs=runs))
 
-    model = load_predictor(path)
-    statistic = getattr(model, "metadata", {}).get("data", {}).get("latency_statistic", "trimmed-mean")
-    return (lambda archs: model.predict_archs(list(archs)).tolist()), statistic
+    def measure(archs: Sequence[ArchConfig]) -> dict[str, float]:
+        with progress_bar(len(archs), f"measuring on {device}") as bar:
+            return measure_inherited(net, archs, target, protocol, csv_path, device, statistic,
+                                     on_progress=lambda done, total: bar.update(1))
+
+    try:
+        yield measure
+    finally:
+        target.close()
 
 
-def _arch_report(name: str, arch: ArchConfig, loss: float, latency_ms: float, test_bleu: float) -> dict[str, Any]:
-    return {"name": name, "arch_id": arch.arch_id, "arch": arch.to_dict(), "valid_loss": loss,
-            "predicted_latency_ms": latency_ms, "test_bleu": test_bleu}
+class SearchProgress:
+    """One line on stderr per search iteration: iteration, best loss, feasible candidates
+    so far, elapsed time and the estimated time left for all the limits."""
+
+    def __init__(self, limits: int, iterations: int) -> None:
+        self.total = limits * iterations
+        self.iterations = iterations
+        self.done = 0
+        self.start = time.monotonic()
+
+    def __call__(self, limit: float, summary: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        click.echo(f"search <= {limit:g} ms: iteration {summary['iteration'] + 1}/{self.iterations}, "
+                   f"best loss {summary['best_loss']:.4f} at {summary['best_latency_ms']:.2f} ms, "
+                   f"{summary['feasible']} feasible, {elapsed:.0f} s elapsed, ETA {eta:.0f} s", err=True)
 
 
 @click.command("search")
@@ -131,16 +158,20 @@ def _arch_report(name: str, arch: ArchConfig, loss: float, latency_ms: float, te
 @click.option("--latency-limit-ms", type=float, default=None, help="Latency limit of the search, in ms.")
 @click.option("--latency-limits", callback=_parse_limits, default=None,
               help="Comma-separated limits (ms): one search per limit, e.g. for --plot.")
-@click.option("--supernet", "supernet_path", type=click.Path(exists=True, dir_okay=False),
-              default=None, help="SuperTransformer checkpoint.  [default: the bundled compact one]")
-@click.option("--iterations", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--population", type=click.IntRange(min=5), default=125, show_default=True,
-              help="Per generation; split 1:2:2 into parents, mutations, crossovers as in HAT.")
-@click.option("--mutation-prob", type=click.FloatRange(0, 1), default=0.3, show_default=True)
-@click.option("--crossover-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--supernet", "supernet_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="SuperTransformer checkpoint.  [default: the bundled compact one]")
+@click.option("--strategy", type=click.Choice(sorted(STRATEGIES)), default="evolution", show_default=True,
+              help="HAT's evolutionary search, or random search (the baseline).")
+@click.option("--iterations", type=click.IntRange(min=1), default=SearchSettings.iterations, show_default=True)
+@click.option("--population", type=click.IntRange(min=5), default=SearchSettings.population, show_default=True,
+              help="Per generation; evolution splits it 1:2:2 into parents, mutations, crossovers as in HAT.")
+@click.option("--mutation-prob", type=click.FloatRange(0, 1), default=SearchSettings.mutation_prob,
+              show_default=True)
+@click.option("--crossover-prob", type=click.FloatRange(0, 1), default=SearchSettings.crossover_prob,
+              show_default=True)
 @click.option("--score-sentences", type=click.IntRange(min=1), default=64, show_default=True,
               help="Validation sentences behind each candidate's loss.")
-@click.option("--bleu-sentences", type=click.IntRange(min=1), default=500, show_default=True,
+@click.option("--bleu-sentences", type=click.IntRange(min=1), default=REFERENCE_SENTENCES, show_default=True,
               help="Test sentences for the BLEU of the winners.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Result JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -152,72 +183,47 @@ def _arch_report(name: str, arch: ArchConfig, loss: float, latency_ms: float, te
 @click.option("--measure-runs", type=click.IntRange(min=3), default=300, show_default=True,
               help="Timed runs per part for --measure-device (the rest of the protocol is the default).")
 @seed_option
-@threads_option
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch threads scoring the candidates: one keeps the search from fighting other work "
+                   "on the machine for its cores.")
 def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: list[float] | None,
-           supernet_path: str, iterations: int, population: int, mutation_prob: float, crossover_prob: float,
-           score_sentences: int, bleu_sentences: int, out: Path, plot: Path | None, measure_device: str | None,
-           measure_runs: int, seed: int, threads: int | None) -> None:
-    """Evolutionary search for the lowest validation loss within a latency limit."""
+           supernet_path: str | None, strategy: str, iterations: int, population: int, mutation_prob: float,
+           crossover_prob: float, score_sentences: int, bleu_sentences: int, out: Path, plot: Path | None,
+           measure_device: str | None, measure_runs: int, seed: int, threads: int) -> None:
+    """Search the supernet for the lowest validation loss within a latency limit.
+
+    Candidates whose predicted latency exceeds the limit are dropped before scoring (HAT);
+    the winner and the largest SubTransformer are reported with loss, BLEU and predicted
+    (with --measure-device, also measured) latency. Progress goes to stderr.
+    """
     if (latency_limit_ms is None) == (latency_limits is None):
         raise click.BadParameter("give exactly one of --latency-limit-ms and --latency-limits",
                                  param_hint="--latency-limit-ms")
     if latency_limit_ms is not None and latency_limit_ms <= 0:
         raise click.BadParameter("must be positive", param_hint="--latency-limit-ms")
-    _set_threads(threads)
+    torch.set_num_threads(threads)
     limits = latency_limits or [latency_limit_ms]
     supernet_path = supernet_path or str(bundled_path(CHECKPOINT))
-    net, header = load_checkpoint(supernet_path)
-    space = net.space
-    corpus = checkpoint_corpus(header, space)
-    latency_fn, statistic = _predictor_latency_fn(predictor_path)
-    scorer = LossScorer(net, corpus.valid[:score_sentences])
-    test = corpus.test[:bleu_sentences]
-
-    runs = []
-    for limit in limits:
-        strategy = EvolutionStrategy(space, population=population, mutation_prob=mutation_prob,
-                                     crossover_prob=crossover_prob, seed=seed)
-        with click.progressbar(length=iterations, label=f"search <= {limit:g} ms") as bar:
-            result = run_search(strategy, latency_fn, scorer, limit, iterations,
-                                on_iteration=lambda summary: bar.update(1))
-        best = result.best
-        winner = _arch_report("winner", best.arch, best.loss, best.latency_ms,
-                              bleu(net, best.arch, test, corpus.tgt_vocab).score)
-        runs.append({"latency_limit_ms": limit, "winner": winner, "search": result.to_dict()})
-    largest = space.largest()
-    reference = _arch_report("largest", largest, scorer([largest])[0], float(latency_fn([largest])[0]),
-                             bleu(net, largest, test, corpus.tgt_vocab).score)
-    if measure_device is not None:
-        _measure_reports(net, [reference] + [r["winner"] for r in runs], measure_device,
-                         TimingProtocol(runs=measure_runs), out.with_suffix(".measured.csv"), statistic)
-    payload = {"supernet": str(supernet_path), "predictor": str(predictor_path), "space": space.name,
-               "seed": seed, "latency_statistic": statistic, "score_sentences": len(corpus.valid[:score_sentences]),
-               "bleu_sentences": len(test), "reference": reference, "runs": runs}
+    task = SearchTask.load(supernet_path, score_sentences, bleu_sentences)
+    latency = PredictedLatency.load(predictor_path)
+    settings = SearchSettings(strategy=strategy, iterations=iterations, population=population,
+                              mutation_prob=mutation_prob, crossover_prob=crossover_prob, seed=seed)
+    with measuring(measure_device, measure_runs, task.net, out.with_suffix(".measured.csv"),
+                    latency.statistic) as measure:
+        record = search_and_measure(task, latency, limits, settings, measure,
+                                    on_iteration=SearchProgress(len(limits), iterations))
+    payload = {"supernet": str(supernet_path), "predictor": str(predictor_path), "seed": seed,
+               "threads": threads, **record}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
     if plot is not None:
         from nas.plot import plot_front
 
-        plot_front(runs, reference, plot)
-    _echo_table(reference, runs)
+        plot_front(payload["runs"], payload["reference"], plot)
+    echo_table(payload["reference"], payload["runs"])
 
 
-def _measure_reports(net: SuperTransformer, reports: list[dict[str, Any]], device: str,
-                     protocol: TimingProtocol, csv_path: Path, statistic: str) -> None:
-    """Add `measured_latency_ms` (as the statistic the predictor learnt) to each report."""
-    archs = [ArchConfig.from_dict(r["arch"]) for r in reports]
-    target, protocol = open_device(device, protocol)
-    try:
-        with progress_bar(len(archs), f"measuring on {device}") as bar:
-            measured = measure_inherited(net, archs, target, protocol, csv_path, device, statistic,
-                                         on_progress=lambda done, total: bar.update(1))
-    finally:
-        target.close()
-    for report in reports:
-        report["measured_latency_ms"] = measured.get(report["arch_id"])
-
-
-def _echo_table(reference: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
+def echo_table(reference: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
     click.echo(f"{'limit ms':>9} {'pred ms':>8} {'meas ms':>8} {'loss':>7} {'BLEU':>6}  arch")
     rows = [("-", reference)] + [(f"{r['latency_limit_ms']:g}", r["winner"]) for r in runs]
     for limit, row in rows:

@@ -1,0 +1,48 @@
+"""A latency predictor as the search's `latency_fn`: the one adapter between the two.
+
+The search filters candidates by `latency_fn(archs) -> ms`; a saved predictor
+(`predictor.persistence`) predicts a whole batch at once. `PredictedLatency` also
+carries the latency statistic the predictor learnt, so a measured check of the winner
+compares like with like, and the optional `confidence`: with it, a candidate's latency
+is the upper bound of the predictor's interval at that confidence, so that the search
+keeps only candidates that fit the limit with that confidence.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from profiler.space import ArchConfig
+
+#: The statistic of a predictor that does not record one (HAT's label).
+DEFAULT_STATISTIC = "trimmed-mean"
+
+
+class PredictedLatency:
+    """`latency_fn` of a predictor: predicted ms per architecture (or its upper bound at
+    `confidence`, in (0, 1))."""
+
+    def __init__(self, predictor: Any, confidence: float | None = None) -> None:
+        self.predictor = predictor
+        self.confidence = confidence
+
+    @classmethod
+    def load(cls, path: str | Path, confidence: float | None = None) -> "PredictedLatency":
+        """The adapter of a saved predictor file."""
+        from predictor.persistence import load_predictor
+
+        return cls(load_predictor(path), confidence)
+
+    @property
+    def statistic(self) -> str:
+        """The latency statistic the predictor learnt (trimmed mean, median or minimum)."""
+        metadata = getattr(self.predictor, "metadata", {}) or {}
+        return metadata.get("data", {}).get("latency_statistic", DEFAULT_STATISTIC)
+
+    def __call__(self, archs: Sequence[ArchConfig]) -> list[float]:
+        predicted = self.predictor.predict_archs(list(archs))
+        if self.confidence is not None:
+            from predictor.conformal import intervals_of
+
+            predicted = intervals_of(self.predictor).bounds(predicted, self.confidence)[1]
+        return [float(ms) for ms in predicted]
