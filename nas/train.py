@@ -15,6 +15,7 @@ import math
 import pickle
 import random
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,6 +26,7 @@ from torch import nn
 from nas.corpus import ParallelCorpus, load_corpus, training_batches
 from nas.supernet import SuperTransformer
 from profiler.errors import HatprofError
+from profiler.files import write_atomically
 from profiler.model import PAD
 from profiler.space import ArchConfig, DesignSpace
 
@@ -133,14 +135,17 @@ def save_checkpoint(path: str | Path, supernet: SuperTransformer, corpus: Parall
         **dict(extra or {}),
     }
     state = {k: v.detach().to(torch.float16) for k, v in supernet.shared.state_dict().items()}
-    torch.save({"header": header, "state_dict": state}, path)
+    write_atomically(path, lambda tmp: torch.save({"header": header, "state_dict": state}, tmp), CheckpointError)
 
 
 def load_checkpoint(path: str | Path) -> tuple[SuperTransformer, dict[str, Any]]:
     """The supernet (float32, eval mode) and the header of a checkpoint."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise CheckpointError(f"{path} is not a hatprof supernet checkpoint (give one that "
+                              "`hatprof supernet train` wrote)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+    except (OSError, RuntimeError, EOFError, IndexError, KeyError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"cannot read supernet checkpoint {path}: {exc}") from None
     header = data.get("header") if isinstance(data, dict) else None
     if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import HatprofError, PredictorError
+from profiler.files import write_atomically
 from profiler.space import ArchConfig
 
 from predictor.conformal import Conformal
@@ -94,12 +95,13 @@ def save_predictor(pred: Predictor, path: str | Path) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
             archive.writestr(ARRAYS, buffer.getvalue())
-    except OSError as exc:
-        raise PredictorError(f"cannot write predictor file {path}: {exc.strerror or exc}") from None
+
+    write_atomically(path, write, PredictorError)
     log.info("saved %s predictor to %s", manifest["kind"], path)
     return path
 

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pandas as pd
 
 from profiler.errors import DatasetError, HatprofError
 from profiler.convergence import interval
+from profiler.files import check_writable, fsync_dir, write_atomically
 from profiler.protocol import ROUND_SPREAD_LIMIT, Measurement, TimingProtocol, spread
 from profiler.space import ArchConfig, DesignSpace
 from profiler.vocabulary import HAT_COLUMNS, HAT_FEATURES, HAT_LATENCY_COLUMNS  # noqa: F401 (re-exported)
@@ -128,52 +128,9 @@ def _csv_line(values: Iterable[Any]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some systems cannot open directories; the data itself is synced
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _check_writable(path: Path) -> None:
-    """Fail early, with one clear line, where `path` cannot be written."""
-    if path.is_dir():
-        raise DatasetError(f"{path} is a directory, not a dataset file")
-    parent = path.parent
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True)
-        except OSError as exc:
-            raise DatasetError(f"cannot create directory {parent}: {exc.strerror}") from None
-    if not parent.is_dir():
-        raise DatasetError(f"cannot write {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DatasetError(f"cannot write {path}: directory {parent} is not writable")
-
-
 def _complete_part(data: bytes) -> bytes:
     """`data` up to its last newline: a line without one was torn by a kill mid-write."""
     return data[:data.rfind(b"\n") + 1]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 class DatasetWriter:
@@ -188,8 +145,9 @@ class DatasetWriter:
             raise DatasetError(f"{self.path} already exists; use --resume to add to it")
         if self.raw_path.exists() and not resume:
             raise DatasetError(f"{self.raw_path} already exists; use --resume to add to it")
-        _check_writable(self.path)
+        check_writable(self.path, DatasetError)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._csv = open(self.path, "ab")
         except OSError as exc:
             raise DatasetError(f"cannot write {self.path}: {exc.strerror}") from None
@@ -211,7 +169,7 @@ class DatasetWriter:
             raise
         if not complete:
             self._append(self._csv, _csv_line(COLUMNS))
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def _lock(self) -> None:
         if fcntl is None:
@@ -262,7 +220,7 @@ class DatasetWriter:
         if b"".join(kept) != data:
             logger.warning("%s: dropping %d raw line(s) that are partial or have no CSV row",
                            self.raw_path, len(data.splitlines()) - len(kept))
-            _write_atomically(self.raw_path, b"".join(kept))
+            write_atomically(self.raw_path, b"".join(kept), DatasetError)
         missing = self.done_ids - seen
         if missing:
             logger.warning("%s: %d row(s) have no raw samples in %s", self.path, len(missing), self.raw_path)
@@ -540,11 +498,7 @@ def import_hat(src: str | os.PathLike, out: str | os.PathLike, device: str | Non
         lines.append(_csv_line(out_row[c] for c in COLUMNS))
     if len(lines) == 1:
         raise DatasetError(f"{src} has a header but no rows")
-    _check_writable(out)
-    try:
-        _write_atomically(out, b"".join(lines))
-    except OSError as exc:
-        raise DatasetError(f"cannot write {out}: {exc.strerror}") from None
+    write_atomically(out, b"".join(lines), DatasetError)
     return len(lines) - 1
 
 

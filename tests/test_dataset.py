@@ -432,3 +432,14 @@ def test_missing_parent_directories_are_created(tmp_path, archs):
 def test_raw_sidecar_name():
     assert raw_path_for("data/rpi4.csv") == Path("data/rpi4.raw.jsonl")
     assert raw_path_for("data/rpi4") == Path("data/rpi4.raw.jsonl")
+
+
+def test_import_hat_writes_the_usual_file_mode(tmp_path):
+    src = tmp_path / "hat.csv"
+    src.write_text("\n".join([HAT_HEADER] + HAT_ROWS) + "\n")
+    old = os.umask(0o022)
+    try:
+        import_hat(src, tmp_path / "rpi.csv")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "rpi.csv").st_mode & 0o777 == 0o644

@@ -80,8 +80,10 @@ def test_checkpoint_round_trip(trained, corpus, tmp_path) -> None:
     with pytest.raises(CheckpointError, match="other vocabularies"):
         checkpoint_corpus({**header, "tgt_vocab": header["tgt_vocab"][:-1]}, SPACE)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
-        load_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n")  # torch.load died with IndexError on this
+    for junk in ("junk.pt", "rows.csv"):
+        with pytest.raises(CheckpointError, match="not a hatprof supernet checkpoint"):
+            load_checkpoint(tmp_path / junk)
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a hatprof supernet"):
         load_checkpoint(tmp_path / "other.pt")
