@@ -4,10 +4,12 @@ For each condition (`quiet`; `hog`: a busy-loop process pinned to the CPU the me
 does not use) and each protocol (`converging`: the default, ±1% across clean rounds;
 `fixed`: HAT's 300 runs in 3 rounds, nothing discarded), one compact SubTransformer is
 measured `--repeats` times, each by `hatprof measure` in a fresh process, the protocols
-alternating so that slow changes of the machine hit both alike. Reported per condition and
+alternating so that slow changes of the machine hit both alike. Then, at equal precision:
+the converging protocol with `--precision` set to the median 95% interval the fixed
+protocol's three rounds gave (`converging_at_fixed_precision`). Reported per condition and
 protocol: every label, its spread (max - min) / median, how many rows were flagged
-unstable, the rounds used and discarded, and the device seconds per architecture (the time
-the target spent on the architecture's rounds, from the row's `device_s`).
+unstable, the rounds used and discarded, the label's interval, and the device seconds per
+architecture (the time the target spent on the architecture's rounds, the row's `device_s`).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_label.py      # -> benchmarks/results/label.json
 
@@ -68,6 +70,7 @@ def summarise(rows: list[dict]) -> dict:
             "device_s_mean": statistics.fmean(r["device_s"] for r in rows),
             "rounds_used_mean": statistics.fmean(r["rounds_used"] for r in rows),
             "rounds_discarded_mean": statistics.fmean(r["rounds_discarded"] for r in rows),
+            "interval_median": statistics.median(r["interval"] for r in rows),
             "labels_ms": labels}
 
 
@@ -89,6 +92,12 @@ def main() -> None:
                     for name, extra in PROTOCOLS.items():
                         runs[name].append(measure_once(args, extra, Path(tmp) / f"{condition}-{name}-{repeat}.csv"))
                         print(f"{condition} {name} {repeat + 1}/{args.repeats}: {runs[name][-1]}", file=sys.stderr)
+                if condition == "quiet":
+                    precision = statistics.median(r["interval"] for r in runs["fixed"])
+                    name = "converging_at_fixed_precision"
+                    runs[name] = [measure_once(args, ["--precision", f"{min(precision, 0.5):.6f}"],
+                                               Path(tmp) / f"{condition}-{name}-{repeat}.csv")
+                                  for repeat in range(args.repeats)]
             result["conditions"][condition] = {name: {"summary": summarise(rows), "rows": rows}
                                                for name, rows in runs.items()}
     result["load_after"] = os.getloadavg()

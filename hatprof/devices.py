@@ -70,6 +70,7 @@ class MeasureProgress:
         self.counts[row_kind(result.row) if result.ok else "failed"] += 1
         left = self.planned - self.rounds.get(result.arch.arch_id, 0)
         self.bar.update(max(left, 0), self.status())  # a failed architecture's rounds are not coming
+        self.bar.render_progress()
 
 
 def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget, out: Path,
@@ -87,8 +88,10 @@ def run_measure(archs: list[ArchConfig], job: MeasureJob, target: MeasureTarget,
             progress = MeasureProgress(bar, planned)
 
             def finished(result: ArchResult) -> None:
-                progress.on_result(result)
                 if on_result is not None:
+                    if sys.stderr.isatty():  # the row's line replaces the bar's, which is drawn again below it
+                        sys.stderr.write("\r\x1b[K")
                     on_result(result)
+                progress.on_result(result)
 
             return measure_archs(todo, job, target, writer, on_result=finished, on_round=progress.on_round)
