@@ -31,7 +31,7 @@ format_option = click.option(
 
 def protocol_options(command):
     """Add the timing-protocol options; the command receives one `protocol` (TimingProtocol)."""
-    from profiler.protocol import TimingProtocol
+    from profiler.protocol import SPACE_SEQ_LEN, TimingProtocol, default_seq_len
 
     defaults = TimingProtocol()
     options = [
@@ -66,8 +66,10 @@ def protocol_options(command):
                      help="...but at most this many seconds (then the round is timed, and discarded)."),
         click.option("--threads", type=int, default=defaults.threads, show_default=True,
                      help="Runtime threads, each pinned to its own CPU."),
-        click.option("--seq-len", type=int, default=defaults.seq_len, show_default=True,
-                     help="Source tokens and decoder steps (HAT: 30)."),
+        click.option("--seq-len", type=int, default=None,
+                     help="Source tokens and decoder steps, as HAT measured the space's models.  "
+                          f"[default: {defaults.seq_len}; "
+                          + "; ".join(f"{n} for {space}" for space, n in SPACE_SEQ_LEN.items()) + "]"),
         click.option("--beam", type=int, default=defaults.beam, show_default=True,
                      help="Beam size of the timed decode (HAT: 5)."),
     ]
@@ -79,6 +81,9 @@ def protocol_options(command):
         settings = {name: kwargs.pop(name) for name in names}
         if settings["rounds"] is None:
             settings["rounds"] = TimingProtocol.hat().rounds if fixed else defaults.rounds
+        if settings["seq_len"] is None:
+            space = kwargs.get("space")
+            settings["seq_len"] = default_seq_len(getattr(space, "name", None))
         if fixed:
             settings["precision"] = 0.0
         try:

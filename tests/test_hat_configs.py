@@ -7,7 +7,7 @@ import pytest
 
 from profiler.errors import SpaceError
 from profiler.hat_configs import arch_from_hat_config, read_hat_config
-from profiler.space import ArchConfig, load_space
+from profiler.space import HAT_FEATURES, ArchConfig, load_space
 
 #: Faithful copies of two files of mit-han-lab/hardware-aware-transformers, configs/*/subtransformer/.
 HAT_CONFIGS = Path(__file__).parent / "data" / "hat_configs"
@@ -75,3 +75,72 @@ def test_broken_configs_are_refused_with_the_key_or_file_named(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(SpaceError, match="not a HAT SubTransformer config"):
         read_hat_config(listing)
+
+
+def test_hatprof_measure_times_hats_published_iwslt_model(tmp_path):
+    """`hatprof measure --archs HAT.yml`: the row is HAT's architecture, timed with IWSLT's 23-token source."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from hatprof.cli import cli
+
+    out = tmp_path / "hat.csv"
+    result = CliRunner().invoke(cli, ["measure", "--archs", str(IWSLT_45MS), "--space", "iwslt14.de-en",
+                                      "--out", str(out), "--fixed", "--runs", "6", "--rounds", "1",
+                                      "--warmup", "1", "--canary-every", "0"])
+    assert result.exit_code == 0, result.output
+    with out.open() as f:
+        (row,) = list(csv.DictReader(f))
+    arch = read_hat_config(IWSLT_45MS)
+    assert row["arch_id"] == arch.arch_id and row["space"] == "iwslt14.de-en"
+    assert int(row["seq_len"]) == 23 and int(row["beam"]) == 5  # HAT's IWSLT latency workload
+    assert [float(row[name]) for name in HAT_FEATURES] == arch.hat_features()
+    assert float(row["latency_mean_encoder"]) > 0 and float(row["latency_mean_decoder"]) > 0
+
+
+#: HAT's format, with genes of the compact space (quick to export).
+COMPACT_HAT_CONFIG = """\
+encoder-embed-dim-subtransformer: 128
+decoder-embed-dim-subtransformer: 128
+
+encoder-ffn-embed-dim-all-subtransformer: [256, 512, 256]
+decoder-ffn-embed-dim-all-subtransformer: [256, 256, 256, 256, 256, 256]
+
+encoder-layer-num-subtransformer: 3
+decoder-layer-num-subtransformer: 2
+
+encoder-self-attention-heads-all-subtransformer: [2, 4, 2]
+decoder-self-attention-heads-all-subtransformer: [2, 2, 2, 2, 2, 2]
+decoder-ende-attention-heads-all-subtransformer: [4, 4, 4, 4, 4, 4]
+
+decoder-arbitrary-ende-attn-all-subtransformer: [-1, 2, -1, -1, -1, -1]
+"""
+
+
+def test_hatprof_export_reads_a_hat_config(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from hatprof.cli import cli
+
+    config = tmp_path / "HAT_compact.yml"
+    config.write_text(COMPACT_HAT_CONFIG)
+    result = CliRunner().invoke(cli, ["export", "--arch", str(config), "--space", "compact",
+                                      "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    assert manifest["arch_id"] == read_hat_config(config).arch_id
+    assert read_hat_config(config).decoder_arbitrary_ende_attn == (-1, 2)
+    wrong_space = CliRunner().invoke(cli, ["export", "--arch", str(IWSLT_45MS), "--space", "compact",
+                                           "--out", str(tmp_path / "exp2")])
+    assert wrong_space.exit_code == 1 and "not in space 'compact'" in wrong_space.output
+
+
+def test_the_default_source_length_follows_the_space():
+    from profiler.protocol import TimingProtocol, default_seq_len
+
+    assert default_seq_len("iwslt14.de-en") == 23
+    assert default_seq_len("wmt14.en-de") == 30 == TimingProtocol().seq_len
+    assert default_seq_len("compact") == 30

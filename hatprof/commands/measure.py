@@ -9,13 +9,21 @@ from hatprof.devices import open_device, run_measure
 from hatprof.options import (cache_dir_option, cpus_option, format_option, interleave_option, protocol_options,
                              retry_unstable_option, seed_option, space_option)
 from profiler.errors import HatprofError
+from profiler.hat_configs import is_hat_config_file, read_hat_config
 from profiler.measure import ArchResult, MeasureJob
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 
 
 def read_arch_lines(path: Path, space: DesignSpace) -> list[ArchConfig]:
-    """Architectures from a file of JSON lines (as `hatprof space sample` writes), validated."""
+    """Architectures from a file of JSON lines (as `hatprof space sample` writes), or the one
+    in a HAT SubTransformer config (.yml), validated."""
+    if is_hat_config_file(path):
+        arch = read_hat_config(path)  # its errors name the file
+        try:
+            return [arch.validate(space)]
+        except HatprofError as exc:
+            raise HatprofError(f"{path}: {exc}") from None
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
@@ -55,7 +63,8 @@ def _result_line(result: ArchResult) -> str:
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Number of architectures to sample from the space.  [default: 10]")
 @click.option("--archs", "archs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Measure these architectures (JSON lines) instead of sampling.")
+              help="Measure these architectures instead of sampling: JSON lines (as `hatprof space "
+                   "sample` writes), or one of HAT's published SubTransformer configs (.yml).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Latency CSV to write; raw samples go to <name>.raw.jsonl beside it.")
 @seed_option
