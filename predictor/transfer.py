@@ -288,15 +288,15 @@ class _Rows:
                 name = "alone"
         return results[name][0], results[name][1], scores
 
-    def jackknife(self, candidates: Sequence[_Candidate]) -> Conformal:
-        """Scores of each row predicted by the whole choice made without it."""
+    def jackknife(self, candidates: Sequence[_Candidate]) -> np.ndarray:
+        """Total latency (ms) of each row predicted by the whole choice made without it."""
         n = len(self.ys["total"])
         predicted = np.empty(n)
         for i in range(n):
             rows = np.delete(np.arange(n), i)
             cand, fitted, _ = self.choose(candidates, rows)
             predicted[i] = self.predict(cand, fitted, np.array([i]))[0]
-        return Conformal.from_residuals(self.ys["total"], predicted, "jackknife (leave-one-out of the adaptation)")
+        return predicted
 
 
 def _candidates(method: str, n_bases: int, devices: Sequence[str]) -> list[_Candidate]:
@@ -320,8 +320,9 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
           method: str = "auto", intervals: bool = True) -> TransferPredictor:
     """Adapt one or several base predictors to the device the rows of `df` were measured on.
 
-    `intervals=False` skips the outer leave-one-out that scores the prediction intervals
-    (k times the work of the adaptation itself).
+    The outer leave-one-out (each row predicted by the whole adaptation, choice included,
+    made without it) gives the intervals and `metadata["cross_validation"]`, the honest
+    error estimate; `intervals=False` skips it (k times the work of the adaptation).
     """
     if method not in ("auto", *METHODS):
         raise PredictorError(f"unknown transfer method {method!r} (known: auto, {', '.join(METHODS)})")
@@ -353,7 +354,11 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
                  _features.from_frame(bases[0].feature_set, df, bases[0].context), X_own, ys, names, own_alpha)
     everything = np.arange(k)
     chosen, fitted, loo = rows.choose(candidates, everything)
-    conformal = rows.jackknife(candidates) if intervals and k - 1 >= fewest else None
+    conformal, cv = None, None
+    if intervals and k - 1 >= fewest:
+        predicted = rows.jackknife(candidates)
+        conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife (leave-one-out of the adaptation)")
+        cv = latency_metrics(ys["total"], predicted)
     corrections = {} if chosen.kind == "alone" else {t: rows.correction(chosen, s) for t, s in fitted.items()}
     log.info("adapted %s to %s from %d rows: %s (leave-one-out RMSPE %s)", ", ".join(devices),
              settings.get("device"), k, chosen.name, {n: round(v, 2) for n, v in loo.items()})
@@ -362,6 +367,7 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
         "base_device": devices[0] if len(devices) == 1 else devices,
         "data": {**settings, "rows": k},
         "loo_rmspe": loo,
+        "cross_validation": cv,
         "adapted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
