@@ -58,3 +58,15 @@ def test_predictor_without_intervals_says_so():
     pred = train_predictor(synthetic_frame(12, seed=1))
     with pytest.raises(PredictorError, match="no prediction intervals"):
         intervals_of(pred)
+
+
+def test_search_latency_with_confidence_is_the_upper_bound():
+    from nas.latency import PredictedLatency
+    from profiler.space import load_space
+
+    pred = train_predictor(synthetic_frame(300, seed=4))
+    archs = load_space("compact").sample_many(20, seed=5)
+    plain = np.asarray(PredictedLatency(pred)(archs))
+    upper = np.asarray(PredictedLatency(pred, confidence=0.9)(archs))
+    np.testing.assert_allclose(upper, plain * (1 + pred.intervals.quantile(0.9)), rtol=1e-12)
+    assert (upper > plain).all()
