@@ -89,6 +89,7 @@ from device_agents.wire import (
 )
 from device_agents.sandbox import AgentWorker
 from profiler.errors import HatprofError
+from profiler.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -625,15 +626,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="count", default=0)
     token = sub.add_parser("token", help="write a new random token to a file (mode 600)")
     token.add_argument("--out", type=Path, required=True)
+    token.add_argument("--force", action="store_true", help="overwrite an existing token file")
     return parser
 
 
-def write_token(path: Path) -> None:
-    """A new random token in `path`, readable by its owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_urlsafe(32) + "\n")
-    os.chmod(path, 0o600)
+def write_token(path: Path, force: bool = False) -> None:
+    """A new random token in `path`, readable by its owner only; an existing token (one that
+    agents and inventories may hold) is replaced only with `force`."""
+    if path.exists() and not force:
+        raise HatprofError(f"{path} already exists (a token agents may be using); give --force to replace it")
+    write_atomically(path, secrets.token_urlsafe(32) + "\n", private=True)
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
@@ -690,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "token":
-            write_token(args.out)
+            write_token(args.out, args.force)
             print(f"wrote a new token to {args.out}")
             return 0
         logging.basicConfig(level=max(logging.DEBUG, logging.WARNING - 10 * args.verbose),

@@ -61,7 +61,7 @@ def write_atomically(path: str | os.PathLike, data: bytes | str | Callable[[Path
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     except OSError as exc:
         raise error(f"cannot write {path}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)

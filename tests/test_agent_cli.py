@@ -36,7 +36,9 @@ def test_token_command_writes_a_private_random_token(tmp_path):
     assert result.exit_code == 0, result.output
     first = path.read_text().strip()
     assert len(first) >= 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
-    CliRunner().invoke(cli, ["agent", "token", "--out", str(path)])
+    refused = CliRunner().invoke(cli, ["agent", "token", "--out", str(path)])
+    assert refused.exit_code == 1 and "--force" in refused.output and path.read_text().strip() == first
+    CliRunner().invoke(cli, ["agent", "token", "--out", str(path), "--force"])
     assert path.read_text().strip() != first
 
 

@@ -71,8 +71,8 @@ def test_predict_needs_exactly_one_input(files):
     assert result.exit_code == 2 and "exactly one of --arch and --data" in result.output
     bad = files["root"] / "bad.json"
     bad.write_text("{not json")
-    result = invoke("predict", "--predictor", files["model"], "--arch", bad)
-    assert result.exit_code == 2 and "not valid JSON" in result.output
+    with pytest.raises(HatprofError, match="bad.json:1: architecture is not valid JSON"):
+        invoke("predict", "--predictor", files["model"], "--arch", bad)
 
 
 def test_arch_outside_the_space_is_a_domain_error(files):
@@ -123,3 +123,12 @@ def test_nan_latency_and_foreign_predictor_files(files):
         invoke("eval", "--predictor", files["model"], "--data", nan_csv)
     with pytest.raises(PredictorError, match="looks like a CSV"):
         invoke("eval", "--predictor", files["desk"], "--data", files["desk"])
+
+
+def test_predict_reads_the_json_lines_that_space_sample_writes(files):
+    archs = load_space("compact").sample_many(3, seed=4)
+    lines = files["root"] / "sampled.jsonl"
+    lines.write_text("".join(a.canonical_json() + "\n" for a in archs))
+    result = invoke("predict", "--predictor", files["model"], "--arch", lines)
+    assert result.exit_code == 0, result.output
+    assert [row.split(",")[0] for row in result.output.splitlines()[1:]] == [a.arch_id for a in archs]

@@ -13,8 +13,8 @@ import click
 from device_agents.client import AgentError, AgentUnavailable
 from device_agents.inventory import DeviceSpec, load_inventory
 from profiler.errors import DeviceError
-from hatprof.options import (cache_dir_option, format_option, interleave_option, protocol_options,
-                              retry_unstable_option, seed_option, space_option)
+from hatprof.options import (cache_dir_option, format_option, interleave_option, output_file,
+                              protocol_options, retry_unstable_option, seed_option, space_option)
 
 inventory_option = click.option(
     "--inventory", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -37,16 +37,14 @@ def serve(ctx: click.Context) -> None:
 
 
 @agent.command()
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--out", type=output_file, required=True,
               help="File to write the token to (mode 600); give it to the agent and the inventory.")
-def token(out: Path) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing token file (agents using it must restart).")
+def token(out: Path, force: bool) -> None:
     """Write a new random token for an agent and its clients."""
     from device_agents.agent import write_token
 
-    try:
-        write_token(out)
-    except OSError as exc:
-        raise DeviceError(f"cannot write token file {out}: {exc.strerror}") from None
+    write_token(out, force)
     click.echo(f"wrote a new token to {out}")
 
 

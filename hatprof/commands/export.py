@@ -7,15 +7,15 @@ import click
 
 from profiler.errors import HatprofError
 from profiler.export import export_arch
-from profiler.hat_configs import is_hat_config_file, read_hat_config
+from hatprof.commands.measure import read_arch_lines
 from hatprof.options import space_option
-from profiler.space import ArchConfig, DesignSpace
+from profiler.space import DesignSpace
 
 
 @click.command()
 @space_option
 @click.option("--arch", "arch_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Architecture JSON (flat, as `hatprof space sample` prints, or HAT's nested form), "
+              help="Architecture JSON (a line as `hatprof space sample` prints, or HAT's nested form), "
                    "or one of HAT's published SubTransformer configs (.yml).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
               show_default=True, help="Artifact format.")
@@ -25,15 +25,11 @@ from profiler.space import ArchConfig, DesignSpace
 def export(space: DesignSpace, arch_file: Path, fmt: str, out: Path, seed: int) -> None:
     """Export the encoder, the encoder-decoder key/value projection and one cached
     decoder step, with a manifest, into OUT."""
-    if is_hat_config_file(arch_file):
-        arch = read_hat_config(arch_file)
-    else:
-        try:
-            text = arch_file.read_text()
-        except OSError as exc:
-            raise HatprofError(f"cannot read {arch_file}: {exc.strerror}") from None
-        arch = ArchConfig.from_json(text)
-    arch.validate(space)
+    archs = read_arch_lines(arch_file, space)
+    if len(archs) != 1:
+        raise HatprofError(f"{arch_file} holds {len(archs)} architectures; export takes one "
+                           "(give a file with one line)")
+    arch = archs[0]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HatprofError(f"{out} exists and is not an empty directory")
     export_arch(arch, space, fmt, out, seed=seed)

@@ -1,6 +1,7 @@
 """`hatprof measure`: time sampled SubTransformers on one device into a latency dataset."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -15,26 +16,38 @@ from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 
 
-def read_arch_lines(path: Path, space: DesignSpace) -> list[ArchConfig]:
-    """Architectures from a file of JSON lines (as `hatprof space sample` writes), or the one
-    in a HAT SubTransformer config (.yml), validated."""
+def read_arch_lines(path: Path, space: DesignSpace | None) -> list[ArchConfig]:
+    """Architectures from a file of JSON lines (as `hatprof space sample` writes), one JSON
+    object or list, or the one in a HAT SubTransformer config (.yml); validated against
+    `space` when one is given."""
+    def check(arch: ArchConfig) -> ArchConfig:
+        return arch if space is None else arch.validate(space)
+
     if is_hat_config_file(path):
         arch = read_hat_config(path)  # its errors name the file
         try:
-            return [arch.validate(space)]
+            return [check(arch)]
         except HatprofError as exc:
             raise HatprofError(f"{path}: {exc}") from None
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise HatprofError(f"{path} is not a text file of architectures (JSON lines, as "
+                           "`hatprof space sample` writes)") from None
     except OSError as exc:
         raise HatprofError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        whole = json.loads(text)
+    except ValueError:  # not one JSON value: JSON lines
+        items = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        items = [(None, json.dumps(item)) for item in (whole if isinstance(whole, list) else [whole])]
     archs = []
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                archs.append(ArchConfig.from_json(line).validate(space))
-            except HatprofError as exc:
-                raise HatprofError(f"{path}:{number}: {exc}") from None
+    for number, line in items:
+        try:
+            archs.append(check(ArchConfig.from_json(line)))
+        except HatprofError as exc:
+            raise HatprofError(f"{path}{'' if number is None else f':{number}'}: {exc}") from None
     if not archs:
         raise HatprofError(f"{path} holds no architectures")
     return archs

@@ -12,8 +12,9 @@ import click
 import pandas as pd
 
 from profiler.dataset import LATENCY_STATISTICS, read_dataset
-from profiler.errors import SpaceError
-from profiler.space import ArchConfig
+from hatprof.commands.measure import read_arch_lines
+from hatprof.options import output_file
+from profiler.files import write_atomically
 
 from predictor.core import DEFAULT_MODEL, MODELS, train_predictor
 from predictor.data import measured_total
@@ -23,7 +24,7 @@ from predictor.transfer import METHODS
 from predictor.transfer import adapt as adapt_predictor
 
 _csv = click.Path(exists=True, dir_okay=False, path_type=Path)
-_out = click.Path(dir_okay=False, writable=True, path_type=Path)
+_out = output_file
 data_option = click.option("--data", type=_csv, required=True, help="Latency CSV.")
 statistic_option = click.option(
     "--statistic", type=click.Choice(LATENCY_STATISTICS), default=None,
@@ -82,12 +83,13 @@ def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic:
         report = {**metrics, "predictor": str(predictor_file), "data": str(data),
                   "model": pred.metadata.get("model"),
                   "device": pred.metadata.get("data", {}).get("device")}
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        write_atomically(json_out, json.dumps(report, indent=2) + "\n")
 
 
 @predictor.command()
 @click.option("--predictor", "predictor_file", type=_csv, required=True, help="Predictor file.")
-@click.option("--arch", "arch_file", type=_csv, help="Architecture JSON (one object or a list).")
+@click.option("--arch", "arch_file", type=_csv,
+              help="Architectures: JSON lines (as `hatprof space sample` writes), one JSON object or a list.")
 @click.option("--data", type=_csv, help="CSV with an arch column or HAT's feature columns.")
 @click.option("--out", type=_out, help="Write predictions as CSV here (default: stdout).")
 def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out: Path | None) -> None:
@@ -96,7 +98,7 @@ def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out
         raise click.UsageError("give exactly one of --arch and --data")
     pred = load_predictor(predictor_file)
     if arch_file is not None:
-        archs = _read_archs(arch_file)
+        archs = read_arch_lines(arch_file, None)
         table = pd.DataFrame({"arch_id": [a.arch_id for a in archs],
                               "predicted_ms": pred.predict_archs(archs)})
     else:
@@ -106,21 +108,9 @@ def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out
             table.insert(0, "arch_id", df["arch_id"])
     text = table.to_csv(index=False, float_format="%.4f")
     if out:
-        out.write_text(text)
+        write_atomically(out, text)
     else:
         click.echo(text, nl=False)
-
-
-def _read_archs(path: Path) -> list[ArchConfig]:
-    try:
-        loaded = json.loads(path.read_text())
-    except ValueError as exc:
-        raise click.BadParameter(f"{path} is not valid JSON: {exc}", param_hint="--arch") from None
-    items = loaded if isinstance(loaded, list) else [loaded]
-    try:
-        return [ArchConfig.from_dict(item) for item in items]
-    except SpaceError as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--arch") from None
 
 
 @predictor.command()
@@ -143,7 +133,8 @@ def compare(data: Path, models: str, plot: Path | None, statistic: str | None, s
     result = run_comparison(df, names, seed)
     click.echo(result.table.to_string(float_format=lambda v: f"{v:.4g}"))
     if plot:
-        plot_evaluation(result, learning_curve(df, names, seed=seed), str(plot))
+        curve = learning_curve(df, names, seed=seed)
+        write_atomically(plot, lambda tmp: plot_evaluation(result, curve, str(tmp)))
         click.echo(f"plot -> {plot}")
 
 

@@ -18,7 +18,7 @@ import click
 import torch
 
 from hatprof.devices import open_device, progress_bar
-from hatprof.options import seed_option, space_option
+from hatprof.options import output_file, seed_option, space_option
 from nas.corpus import parallel_text_corpus, synthetic_corpus
 from nas.evaluate import REFERENCE_SENTENCES, LossScorer
 from nas.evolution import STRATEGIES
@@ -30,6 +30,8 @@ from nas.search import SearchSettings
 from nas.supernet import SuperTransformer
 from nas.train import SAMPLING_RULES, TrainConfig, save_checkpoint, train_supernet
 from profiler.bundled import CHECKPOINT, bundled_path
+from profiler.errors import HatprofError
+from profiler.files import check_writable, write_atomically
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 
@@ -51,14 +53,18 @@ def supernet() -> None:
 
 @supernet.command("train")
 @space_option
-@click.option("--steps", type=click.IntRange(min=1), default=TrainConfig.steps, show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--steps", type=click.IntRange(min=1), default=TrainConfig.steps, show_default=True,
+              help="Training steps (one batch of sentences, one sampled SubTransformer each).")
+@click.option("--out", required=True, type=output_file,
               help="Checkpoint to write; a JSON training record is written next to it.")
+@click.option("--force", is_flag=True, help="Overwrite an existing checkpoint at --out.")
 @click.option("--sampling", type=click.Choice(SAMPLING_RULES), default="uniform", show_default=True,
               help="SubTransformers per step: one uniform sample (HAT), or largest+smallest+uniform.")
-@click.option("--batch-sentences", type=click.IntRange(min=1), default=TrainConfig.batch_sentences, show_default=True)
+@click.option("--batch-sentences", type=click.IntRange(min=1), default=TrainConfig.batch_sentences, show_default=True,
+              help="Sentence pairs per training step.")
 @click.option("--lr", type=float, default=TrainConfig.lr, show_default=True, help="Peak learning rate.")
-@click.option("--warmup-steps", type=click.IntRange(min=1), default=TrainConfig.warmup_steps, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=1), default=TrainConfig.warmup_steps, show_default=True,
+              help="Steps of linear learning-rate warmup up to --lr (capped at --steps).")
 @click.option("--train-size", type=click.IntRange(min=1), default=SyntheticTaskConfig.train_size, show_default=True,
               help="Sentence pairs of the synthetic task's training split.")
 @click.option("--src", "src_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -67,12 +73,15 @@ def supernet() -> None:
               help="Target text, line-aligned with --src.")
 @seed_option
 @threads_option
-def train(space: DesignSpace, steps: int, out: Path, sampling: str, batch_sentences: int, lr: float,
+def train(space: DesignSpace, steps: int, out: Path, force: bool, sampling: str, batch_sentences: int, lr: float,
           warmup_steps: int, train_size: int, src_file: str | None, tgt_file: str | None, seed: int,
           threads: int | None) -> None:
     """Train a SuperTransformer on CPU and write its checkpoint."""
     if (src_file is None) != (tgt_file is None):
         raise click.BadParameter("give both --src and --tgt, or neither", param_hint="--src/--tgt")
+    if out.exists() and not force:
+        raise HatprofError(f"{out} already exists; give another --out, or --force to overwrite it")
+    check_writable(out.with_suffix(".json"))
     _set_threads(threads)
     if src_file is not None:
         corpus = parallel_text_corpus(src_file, tgt_file, space, seed=seed)
@@ -83,20 +92,21 @@ def train(space: DesignSpace, steps: int, out: Path, sampling: str, batch_senten
     net = SuperTransformer(space, seed=seed)
     with click.progressbar(length=steps, label="training") as bar:
         report = train_supernet(net, corpus, config, on_step=lambda step, loss: bar.update(1))
+    click.echo(f"validating the largest and smallest SubTransformers on {min(REFERENCE_SENTENCES, len(corpus.valid))} "
+               "sentences...", err=True)
     scorer = LossScorer(net, corpus.valid[:REFERENCE_SENTENCES])
     largest, smallest = scorer([space.largest(), space.smallest()])
     training = {"elapsed_s": round(report["elapsed_s"], 1), "cpu_s": round(report["cpu_s"], 1),
                 "threads": report["threads"],
                 "valid_loss_largest": round(largest, 4), "valid_loss_smallest": round(smallest, 4),
                 "valid_sentences": min(REFERENCE_SENTENCES, len(corpus.valid))}
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, net, corpus, extra={"train": config.to_dict(), "training": training})
     record = {"checkpoint": out.name, "checkpoint_bytes": out.stat().st_size, "space": space.name,
               "corpus": corpus.spec, "train": config.to_dict(), "training": training,
               "loss_curve": report["loss_curve"], "torch": torch.__version__,
               "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomically(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {training['elapsed_s']:.0f} s; "
                f"valid loss largest {largest:.3f}, smallest {smallest:.3f}")
 
@@ -154,7 +164,7 @@ class SearchProgress:
 
 @click.command("search")
 @click.option("--predictor", "predictor_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Latency predictor file (predictor.persistence format).")
+              help="Latency predictor file, as `hatprof predictor train` or `predictor adapt` writes it.")
 @click.option("--latency-limit-ms", type=float, default=None, help="Latency limit of the search, in ms.")
 @click.option("--latency-limits", callback=_parse_limits, default=None,
               help="Comma-separated limits (ms): one search per limit, e.g. for --plot.")
@@ -162,19 +172,21 @@ class SearchProgress:
               help="SuperTransformer checkpoint.  [default: the bundled compact one]")
 @click.option("--strategy", type=click.Choice(sorted(STRATEGIES)), default="evolution", show_default=True,
               help="HAT's evolutionary search, or random search (the baseline).")
-@click.option("--iterations", type=click.IntRange(min=1), default=SearchSettings.iterations, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=SearchSettings.iterations, show_default=True,
+              help="Generations of the search (each scores one --population of candidates).")
 @click.option("--population", type=click.IntRange(min=5), default=SearchSettings.population, show_default=True,
               help="Per generation; evolution splits it 1:2:2 into parents, mutations, crossovers as in HAT.")
 @click.option("--mutation-prob", type=click.FloatRange(0, 1), default=SearchSettings.mutation_prob,
-              show_default=True)
+              show_default=True, help="Evolution: chance that a mutation re-draws each gene of a parent.")
 @click.option("--crossover-prob", type=click.FloatRange(0, 1), default=SearchSettings.crossover_prob,
-              show_default=True)
+              show_default=True,
+              help="Evolution: chance that a crossover takes each gene from its first parent (else the second).")
 @click.option("--score-sentences", type=click.IntRange(min=1), default=64, show_default=True,
               help="Validation sentences behind each candidate's loss.")
 @click.option("--bleu-sentences", type=click.IntRange(min=1), default=REFERENCE_SENTENCES, show_default=True,
               help="Test sentences for the BLEU of the winners.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Result JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", required=True, type=output_file, help="Result JSON.")
+@click.option("--plot", type=output_file, default=None,
               help="PNG of the loss-latency front and the winners.")
 @click.option("--measure-device", default=None,
               help="Measure the largest SubTransformer and each winner, with their inherited weights and "
@@ -214,12 +226,11 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
                                     on_iteration=SearchProgress(len(limits), iterations))
     payload = {"supernet": str(supernet_path), "predictor": str(predictor_path), "seed": seed,
                "threads": threads, **record}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_atomically(out, json.dumps(payload, indent=2) + "\n")
     if plot is not None:
         from nas.plot import plot_front
 
-        plot_front(payload["runs"], payload["reference"], plot)
+        write_atomically(plot, lambda tmp: plot_front(payload["runs"], payload["reference"], tmp))
     echo_table(payload["reference"], payload["runs"])
 
 

@@ -1,0 +1,154 @@
+"""Every command that writes a file checks it before the work and reads only the kind of
+file it asks for: an unwritable output or a wrong-kind input is one `Error:` line on stderr,
+a non-zero exit, no traceback and no partial file (#13)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from hatprof.cli import main
+from profiler.bundled import bundled_path
+
+DATA = bundled_path("compact_local.csv")
+
+
+def run(args, capsys):
+    """Run the CLI in-process (an uncaught exception fails the test: a traceback); return
+    (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+        sys.exit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("outputs")
+    (root / "blocker").write_text("a regular file, not a folder\n")
+    (root / "rows.csv").write_text(DATA.read_text())
+    (root / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def predictor_file(work) -> Path:
+    path = work / "local.predictor"
+    main(["predictor", "train", "--data", str(DATA), "--out", str(path), "--model", "ridge"])
+    assert path.exists()
+    return path
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _unwritable(work: Path, name: str) -> Path:
+    return work / "blocker" / name
+
+
+COMMANDS_WITH_OUTPUTS = {
+    "search --out": lambda w, p, bad: ["search", "--predictor", p, "--latency-limit-ms", "40", "--out", bad],
+    "search --plot": lambda w, p, bad: ["search", "--predictor", p, "--latency-limit-ms", "40",
+                                        "--out", w / "r.json", "--plot", bad],
+    "supernet train --out": lambda w, p, bad: ["supernet", "train", "--steps", "1", "--out", bad],
+    "predictor train --out": lambda w, p, bad: ["predictor", "train", "--data", DATA, "--out", bad],
+    "predictor predict --out": lambda w, p, bad: ["predictor", "predict", "--predictor", p, "--data", DATA,
+                                                  "--out", bad],
+    "predictor eval --json": lambda w, p, bad: ["predictor", "eval", "--predictor", p, "--data", DATA,
+                                                "--json", bad],
+    "predictor compare --plot": lambda w, p, bad: ["predictor", "compare", "--data", DATA, "--models", "ridge",
+                                                   "--plot", bad],
+    "predictor suggest --out": lambda w, p, bad: ["predictor", "suggest", "--base", p, "--out", bad],
+    "dataset import-hat --out": lambda w, p, bad: ["dataset", "import-hat", DATA, "--out", bad],
+    "agent token --out": lambda w, p, bad: ["agent", "token", "--out", bad],
+    "measure --out": lambda w, p, bad: ["measure", "--device", "local", "--samples", "1", "--out", bad],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_WITH_OUTPUTS))
+@pytest.mark.parametrize("kind", ["under a file", "a directory"])
+def test_an_unwritable_output_is_one_line_before_any_work(command, kind, work, predictor_file, capsys):
+    bad = _unwritable(work, "out.file") if kind == "under a file" else work
+    before = _files(work)
+    code, out, err = run(COMMANDS_WITH_OUTPUTS[command](work, predictor_file, bad), capsys)
+    assert code not in (0, None)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and str(bad.name) in lines[0], err
+    assert "Traceback" not in err
+    assert _files(work) == before  # nothing written, not even the other outputs
+
+
+WRONG_KIND_INPUTS = {
+    "search --supernet CSV": (["search", "--predictor", "{pred}", "--supernet", "{work}/rows.csv",
+                               "--latency-limit-ms", "40", "--out", "{work}/new/r.json"],
+                              "not a hatprof supernet checkpoint"),
+    "search --predictor CSV": (["search", "--predictor", "{work}/rows.csv", "--latency-limit-ms", "40",
+                                "--out", "{work}/new/r.json"], "not a hatprof predictor file"),
+    "predictor eval --predictor CSV": (["predictor", "eval", "--predictor", "{work}/rows.csv",
+                                        "--data", "{work}/rows.csv", "--json", "{work}/new/m.json"],
+                                       "not a hatprof predictor file"),
+    "predictor predict --predictor PNG": (["predictor", "predict", "--predictor", "{work}/picture.png",
+                                           "--data", "{work}/rows.csv", "--out", "{work}/new/p.csv"],
+                                          "not a hatprof predictor file"),
+    "predictor train --data PNG": (["predictor", "train", "--data", "{work}/picture.png",
+                                    "--out", "{work}/new/x.predictor"], "picture.png"),
+    "predictor eval --data PNG": (["predictor", "eval", "--predictor", "{pred}", "--data", "{work}/picture.png",
+                                   "--json", "{work}/new/m.json"], "picture.png"),
+    "dataset import-hat PNG": (["dataset", "import-hat", "{work}/picture.png", "--out", "{work}/new/h.csv"],
+                               "picture.png"),
+    "export --arch PNG": (["export", "--arch", "{work}/picture.png", "--out", "{work}/new/artifact"],
+                          "picture.png"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_KIND_INPUTS))
+def test_a_wrong_kind_of_input_file_is_one_line(case, work, predictor_file, capsys):
+    template, expected = WRONG_KIND_INPUTS[case]
+    args = [a.format(work=work, pred=predictor_file) for a in template]
+    before = _files(work)
+    code, out, err = run(args, capsys)
+    assert code not in (0, None)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and expected in lines[0], err
+    assert _files(work) == before
+
+
+def test_outputs_are_written_whole_with_missing_parents_and_the_usual_mode(work, predictor_file, capsys):
+    old = os.umask(0o022)
+    try:
+        out = work / "deep" / "er" / "again.predictor"
+        assert run(["predictor", "train", "--data", DATA, "--out", out, "--model", "ridge"], capsys)[0] == 0
+        metrics = work / "deep" / "m" / "metrics.json"
+        code, _, _ = run(["predictor", "eval", "--predictor", out, "--data", DATA, "--json", metrics], capsys)
+        assert code == 0 and json.loads(metrics.read_text())["n"] == len(DATA.read_text().splitlines()) - 1
+        imported = work / "deep" / "hat.csv"
+        assert run(["dataset", "import-hat", DATA, "--out", imported], capsys)[0] == 0
+    finally:
+        os.umask(old)
+    for path in (out, metrics, imported):
+        assert os.stat(path).st_mode & 0o777 == 0o644, path
+    assert not [p for p in (work / "deep").rglob("*.tmp*")]
+
+
+def test_agent_token_refuses_to_overwrite_without_force(work, capsys):
+    token = work / "agent.token"
+    assert run(["agent", "token", "--out", token], capsys)[0] == 0
+    first = token.read_text()
+    code, _, err = run(["agent", "token", "--out", token], capsys)
+    assert code == 1 and "--force" in err and token.read_text() == first
+    assert run(["agent", "token", "--out", token, "--force"], capsys)[0] == 0
+    assert token.read_text() != first and os.stat(token).st_mode & 0o777 == 0o600
+
+
+def test_export_takes_a_space_sample_line_and_refuses_several(work, capsys):
+    code, out, _ = run(["space", "sample", "--space", "compact", "-n", "2", "--seed", "1"], capsys)
+    assert code == 0
+    (work / "two.jsonl").write_text(out)
+    code, _, err = run(["export", "--arch", work / "two.jsonl", "--out", work / "art"], capsys)
+    assert code == 1 and "holds 2 architectures; export takes one" in err
+    assert not (work / "art").exists()
