@@ -82,7 +82,7 @@ def main() -> None:
             def measure(archs, csv=csv, statistic=statistic):
                 return measure_inherited(task.net, archs, target, protocol, csv, "local", statistic)
 
-            largest_ms = measure([largest])[largest.arch_id]
+            largest_ms = measure([largest])[largest.arch_id].latency_ms
             limit = args.limit_fraction * largest_ms
             log.info("%s: largest measured %.2f ms, limit %.2f ms", statistic, largest_ms, limit)
             winners = []
@@ -96,6 +96,7 @@ def main() -> None:
                 winners.append({
                     "seed": seed, "arch_id": best["arch_id"], "arch": best["arch"],
                     "predicted_ms": best["predicted_latency_ms"], "measured_ms": measured_ms,
+                    "measured_trusted": best["measured_trusted"], "measured_interval": best["measured_interval"],
                     "within_limit_plus_5pct": measured_ms <= limit * (1 + TOLERANCE),
                     "speedup_vs_largest": largest_ms / measured_ms, **_quality(best),
                     "search": {"evaluated": search["evaluated"], "proposed": search["proposed"],

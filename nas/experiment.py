@@ -18,13 +18,14 @@ from nas.corpus import ParallelCorpus
 from nas.evaluate import REFERENCE_SENTENCES, LossScorer, bleu
 from nas.evolution import make_strategy
 from nas.latency import PredictedLatency
+from nas.measured import MeasuredLatency
 from nas.search import SearchSettings, run_search
 from nas.supernet import SuperTransformer
 from nas.train import checkpoint_corpus, load_checkpoint
 from profiler.space import ArchConfig, DesignSpace
 
-#: Measured latency (ms) of each architecture, by arch id (see `nas.measured.measure_inherited`).
-MeasureFn = Callable[[Sequence[ArchConfig]], Mapping[str, float]]
+#: Measured latency of each architecture, by arch id (see `nas.measured.measure_inherited`).
+MeasureFn = Callable[[Sequence[ArchConfig]], Mapping[str, MeasuredLatency]]
 #: Progress of one search: its latency limit and the iteration's summary (`nas.search.run_search`).
 IterationFn = Callable[[float, dict[str, Any]], None]
 
@@ -42,11 +43,11 @@ class SearchTask:
         self.test = corpus.test[:bleu_sentences]
 
     @classmethod
-    def load(cls, checkpoint: str | Path, score_sentences: int = 64,
-             bleu_sentences: int = REFERENCE_SENTENCES) -> "SearchTask":
+    def load(cls, checkpoint: str | Path, score_sentences: int = 64, bleu_sentences: int = REFERENCE_SENTENCES,
+             reference_sentences: int = REFERENCE_SENTENCES) -> "SearchTask":
         """The task of a supernet checkpoint (`nas.train.save_checkpoint`)."""
         net, header = load_checkpoint(checkpoint)
-        return cls(net, checkpoint_corpus(header, net.space), score_sentences, bleu_sentences)
+        return cls(net, checkpoint_corpus(header, net.space), score_sentences, bleu_sentences, reference_sentences)
 
     @property
     def space(self) -> DesignSpace:
@@ -87,7 +88,10 @@ def search_and_measure(task: SearchTask, latency: PredictedLatency, limits: Sequ
         reports = [reference] + [run["winner"] for run in runs]
         measured = measure([ArchConfig.from_dict(report["arch"]) for report in reports])
         for report in reports:
-            report["measured_latency_ms"] = measured.get(report["arch_id"])
+            found = measured.get(report["arch_id"])
+            if found is not None:
+                report.update(measured_latency_ms=found.latency_ms, measured_trusted=found.trusted,
+                              measured_interval=found.interval)
     return {"space": task.space.name, "latency_statistic": latency.statistic, "confidence": latency.confidence,
             "settings": settings.to_dict(), "score_sentences": task.score_sentences,
             "bleu_sentences": len(task.test), "reference": reference, "runs": runs}

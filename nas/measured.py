@@ -8,6 +8,7 @@ predictor learnt, so that predicted and measured latencies compare like with lik
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,12 +21,23 @@ from profiler.target import MeasureTarget
 Progress = Callable[[int, int], None]
 
 
+@dataclass(frozen=True)
+class MeasuredLatency:
+    """A measured latency (ms) and whether it is the model's: `trusted` is False when the
+    measurement did not converge (the machine kept disturbing it), so the number says more about
+    the machine than about the model; `interval` is its relative 95% half-width."""
+
+    latency_ms: float
+    trusted: bool
+    interval: float | None
+
+
 def measure_inherited(net: SuperTransformer, archs: Sequence[ArchConfig], target: MeasureTarget,
                       protocol: TimingProtocol, csv_path: Path, device: str, statistic: str = "trimmed-mean",
-                      on_progress: Progress | None = None) -> dict[str, float]:
+                      on_progress: Progress | None = None) -> dict[str, MeasuredLatency]:
     """Measured latency (ms, as `statistic`) of each arch on `target` (named `device` in the
-    rows), by arch id; rows already in `csv_path` from an earlier run are reused, not
-    measured again. The caller opens and closes `target`."""
+    rows), by arch id, with whether it can be trusted; rows already in `csv_path` from an
+    earlier run are reused, not measured again. The caller opens and closes `target`."""
     from profiler.dataset import read_dataset
     from profiler.measure import MeasureJob, measure_archs, open_dataset
 
@@ -44,4 +56,10 @@ def measure_inherited(net: SuperTransformer, archs: Sequence[ArchConfig], target
 
         measure_archs(todo, job, target, writer, on_result=step)
     rows = read_dataset(csv_path, statistic)
-    return dict(zip(rows["arch_id"], rows["latency_ms"].astype(float)))
+    return {row.arch_id: MeasuredLatency(float(row.latency_ms), not _flag(row.unstable),
+                                         None if row.interval != row.interval else float(row.interval))
+            for row in rows.itertuples()}
+
+
+def _flag(value: object) -> bool:
+    return str(value).lower() == "true"

@@ -104,8 +104,12 @@ def test_search_measures_the_winner_with_its_inherited_weights(checkpoint, fake_
     payload = json.loads(out.read_text())
     assert payload["latency_statistic"] == statistic
     rows = read_dataset(out.with_suffix(".measured.csv"), statistic).set_index("arch_id")
+    lines = {line.split()[-1]: line for line in result.stdout.splitlines() if line.strip()}
     for report in (payload["reference"], payload["runs"][0]["winner"]):
         assert report["measured_latency_ms"] == pytest.approx(rows.loc[report["arch_id"], "latency_ms"])
+        assert report["measured_trusted"] == (not rows.loc[report["arch_id"], "unstable"])
+        table_line = lines["largest" if report["name"] == "largest" else report["arch_id"]]
+        assert ("?" in table_line) == (not report["measured_trusted"])  # an unconverged latency is marked
     assert set(rows["runs"]) == {6} and len(raw_path_for(out.with_suffix(".measured.csv")).read_text().splitlines()) == 2
     net, _ = load_checkpoint(checkpoint)
     winner = ArchConfig.from_dict(payload["runs"][0]["winner"]["arch"])

@@ -10,6 +10,7 @@ from nas.evolution import STRATEGIES, EvolutionStrategy, RandomStrategy, make_st
 from nas.experiment import SearchTask, search_and_measure
 from nas.grammar import SyntheticTaskConfig
 from nas.latency import PredictedLatency
+from nas.measured import MeasuredLatency
 from nas.search import SearchSettings
 from nas.supernet import SuperTransformer
 from profiler.cost import count_macs
@@ -65,9 +66,9 @@ def test_search_and_measure_keeps_each_winner_within_its_limit_and_measures_it(t
     limits = [0.5 * largest_ms, 0.9 * largest_ms]
     measured_calls, progress = [], []
 
-    def measure(archs):
+    def measure(archs):  # the reference's measurement did not converge, the winners' did
         measured_calls.append([a.arch_id for a in archs])
-        return {a.arch_id: 2.0 * latency([a])[0] for a in archs}
+        return {a.arch_id: MeasuredLatency(2.0 * latency([a])[0], a != SPACE.largest(), 0.01) for a in archs}
 
     settings = SearchSettings(strategy=strategy, iterations=2, population=6, seed=1)
     record = search_and_measure(task, latency, limits, settings, measure,
@@ -76,7 +77,7 @@ def test_search_and_measure_keeps_each_winner_within_its_limit_and_measures_it(t
     assert progress == [(limits[0], 0), (limits[0], 1), (limits[1], 0), (limits[1], 1)]
     reference = record["reference"]
     assert reference["name"] == "largest" and reference["predicted_latency_ms"] == pytest.approx(largest_ms)
-    assert reference["measured_latency_ms"] == pytest.approx(2 * largest_ms)
+    assert reference["measured_latency_ms"] == pytest.approx(2 * largest_ms) and reference["measured_trusted"] is False
     assert len(measured_calls) == 1 and measured_calls[0][0] == reference["arch_id"]
     for limit, run in zip(limits, record["runs"]):
         winner, search = run["winner"], run["search"]
@@ -84,4 +85,5 @@ def test_search_and_measure_keeps_each_winner_within_its_limit_and_measures_it(t
         assert search["strategy"] == strategy and len(search["iterations"]) == 2
         assert winner["valid_loss"] == min(i["best_loss"] for i in search["iterations"])
         assert winner["measured_latency_ms"] == pytest.approx(2 * winner["predicted_latency_ms"])
+        assert winner["measured_trusted"] is True and winner["measured_interval"] == 0.01
         assert all(i["feasible"] == search["proposed"] - search["rejected"] for i in search["iterations"][-1:])

@@ -27,6 +27,7 @@ from nas.grammar import SyntheticTaskConfig
 from nas.latency import PredictedLatency
 from nas.measured import measure_inherited
 from nas.search import SearchSettings
+from predictor.conformal import intervals_of
 from nas.supernet import SuperTransformer
 from nas.train import SAMPLING_RULES, TrainConfig, save_checkpoint, train_supernet
 from profiler.bundled import CHECKPOINT, bundled_path
@@ -194,6 +195,10 @@ class SearchProgress:
                    "<out>.measured.csv.")
 @click.option("--measure-runs", type=click.IntRange(min=3), default=300, show_default=True,
               help="Timed runs per part for --measure-device (the rest of the protocol is the default).")
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Keep a candidate only when the upper bound of its predicted latency's interval at this "
+                   "confidence (e.g. 0.9; the predictor's conformal intervals) is within the limit, so "
+                   "that the winner measured on the device lands under it.  [default: the prediction]")
 @seed_option
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch threads scoring the candidates: one keeps the search from fighting other work "
@@ -201,7 +206,8 @@ class SearchProgress:
 def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: list[float] | None,
            supernet_path: str | None, strategy: str, iterations: int, population: int, mutation_prob: float,
            crossover_prob: float, score_sentences: int, bleu_sentences: int, out: Path, plot: Path | None,
-           measure_device: str | None, measure_runs: int, seed: int, threads: int) -> None:
+           measure_device: str | None, measure_runs: int, confidence: float | None, seed: int,
+           threads: int) -> None:
     """Search the supernet for the lowest validation loss within a latency limit.
 
     Candidates whose predicted latency exceeds the limit are dropped before scoring (HAT);
@@ -217,7 +223,9 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
     limits = latency_limits or [latency_limit_ms]
     supernet_path = supernet_path or str(bundled_path(CHECKPOINT))
     task = SearchTask.load(supernet_path, score_sentences, bleu_sentences)
-    latency = PredictedLatency.load(predictor_path)
+    latency = PredictedLatency.load(predictor_path, confidence)
+    if confidence is not None:
+        intervals_of(latency.predictor).bounds([1.0], confidence)  # fail now: no or too few scored rows
     settings = SearchSettings(strategy=strategy, iterations=iterations, population=population,
                               mutation_prob=mutation_prob, crossover_prob=crossover_prob, seed=seed)
     with measuring(measure_device, measure_runs, task.net, out.with_suffix(".measured.csv"),
@@ -235,11 +243,14 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
 
 
 def echo_table(reference: dict[str, Any], runs: Sequence[dict[str, Any]]) -> None:
-    click.echo(f"{'limit ms':>9} {'pred ms':>8} {'meas ms':>8} {'loss':>7} {'BLEU':>6}  arch")
+    click.echo(f"{'limit ms':>9} {'pred ms':>8} {'meas ms':>9} {'loss':>7} {'BLEU':>6}  arch")
     rows = [("-", reference)] + [(f"{r['latency_limit_ms']:g}", r["winner"]) for r in runs]
     for limit, row in rows:
         label = "largest" if row["name"] == "largest" else row["arch_id"]
         measured = row.get("measured_latency_ms")
-        measured = "-" if measured is None else f"{measured:.2f}"
-        click.echo(f"{limit:>9} {row['predicted_latency_ms']:8.2f} {measured:>8} {row['valid_loss']:7.3f} "
+        measured = "-" if measured is None else f"{measured:.2f}" + ("" if row["measured_trusted"] else "?")
+        click.echo(f"{limit:>9} {row['predicted_latency_ms']:8.2f} {measured:>9} {row['valid_loss']:7.3f} "
                    f"{row['test_bleu']:6.2f}  {label}")
+    if any(row.get("measured_trusted") is False for _, row in rows):
+        click.echo("? did not converge: the machine kept disturbing the measurement, so this number is not "
+                   "the model's latency (measure again on a quieter machine)", err=True)
