@@ -85,6 +85,10 @@ def protocol_options(command):
             space = kwargs.get("space")
             settings["seq_len"] = default_seq_len(getattr(space, "name", None))
         if fixed:
+            given = click.get_current_context().get_parameter_source("precision")
+            if given is not click.core.ParameterSource.DEFAULT:
+                raise click.BadParameter("--fixed times a fixed number of runs; it takes no --precision",
+                                         param_hint="--precision")
             settings["precision"] = 0.0
         try:
             protocol = TimingProtocol(**settings)

@@ -98,6 +98,9 @@ def test_protocol_errors_name_the_option(tmp_path, capsys):
     assert code == 2 and "--runs" in stderr and "Traceback" not in stderr
     code, _, stderr = run(["measure", "--samples", "1", "--out", str(tmp_path / "x.csv"), "--max-temp", "0"], capsys)
     assert code == 2 and "--max-temp" in stderr
+    code, _, stderr = run(["measure", "--samples", "1", "--out", str(tmp_path / "x.csv"), "--fixed",
+                           "--precision", "0.02"], capsys)
+    assert code == 2 and "--precision" in stderr and "--fixed" in stderr
     assert not (tmp_path / "x.csv").exists()
 
 
