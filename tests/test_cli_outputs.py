@@ -63,7 +63,6 @@ COMMANDS_WITH_OUTPUTS = {
                                                 "--json", bad],
     "predictor compare --plot": lambda w, p, bad: ["predictor", "compare", "--data", DATA, "--models", "ridge",
                                                    "--plot", bad],
-    "predictor suggest --out": lambda w, p, bad: ["predictor", "suggest", "--base", p, "--out", bad],
     "dataset import-hat --out": lambda w, p, bad: ["dataset", "import-hat", DATA, "--out", bad],
     "agent token --out": lambda w, p, bad: ["agent", "token", "--out", bad],
     "measure --out": lambda w, p, bad: ["measure", "--device", "local", "--samples", "1", "--out", bad],
