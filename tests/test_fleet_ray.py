@@ -6,6 +6,7 @@ import os
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a local Ray cluster takes tens of seconds to start
 
 from click.testing import CliRunner  # noqa: E402
 
