@@ -524,6 +524,13 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     unstable = None
     if "unstable" in df.columns and df["unstable"].notna().any():  # imported rows leave it empty
         unstable = int(df["unstable"].astype(str).str.lower().eq("true").sum())
+    quality = None
+    if "rounds_discarded" in df.columns and df["rounds_discarded"].notna().any():  # measured, not imported
+        intervals = pd.to_numeric(df["interval"], errors="coerce").dropna()
+        quality = {"re_measured": int((pd.to_numeric(df["rounds_discarded"]) > 0).sum()),
+                   "interval_median": float(intervals.median()) if len(intervals) else None,
+                   "interval_max": float(intervals.max()) if len(intervals) else None,
+                   "device_s_per_row": float(pd.to_numeric(df["device_s"]).mean())}
     raw = raw_path_for(path)
     return {
         "path": str(path),
@@ -533,5 +540,6 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
         "latency_ms": ({"min": float(latency.min()), "median": float(latency.median()),
                         "max": float(latency.max())} if len(df) else None),
         "unstable": unstable,
+        "quality": quality,
         "raw_sidecar": str(raw) if raw.exists() else None,
     }

@@ -401,6 +401,9 @@ def test_dataset_info(tmp_path, archs):
                                   "max": max(latencies)}
     assert info["unstable"] == sum(bool(r["unstable"]) for r in rows) + 1
     assert info["raw_sidecar"] == str(raw_path_for(path))
+    intervals = [r["interval"] for r in rows] + [drifting[0]["interval"]]
+    assert info["quality"] == {"re_measured": 0, "interval_median": statistics.median(intervals),
+                               "interval_max": max(intervals), "device_s_per_row": 0.0}
 
 
 def test_dataset_info_of_hats_columns_only(tmp_path):
@@ -408,7 +411,7 @@ def test_dataset_info_of_hats_columns_only(tmp_path):
     path.write_text(HAT_HEADER + "\n" + "\n".join(HAT_ROWS) + "\n")
     info = dataset_info(path)
     totals = [float(r.split(",")[10]) + float(r.split(",")[11]) for r in HAT_ROWS]
-    assert info["rows"] == 3 and info["devices"] == [] and info["unstable"] is None
+    assert info["rows"] == 3 and info["devices"] == [] and info["unstable"] is None and info["quality"] is None
     assert info["latency_ms"]["max"] == max(totals)
 
 
