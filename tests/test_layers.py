@@ -9,6 +9,7 @@ the line that adds it.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -86,3 +87,17 @@ def test_the_walker_sees_function_level_imports(tmp_path):
     source = tmp_path / "m.py"
     source.write_text("import os\n\ndef f():\n    from nas.search import run_search\n    import torch.nn\n")
     assert imports_of(source) == [(1, "os"), (4, "nas"), (5, "torch")]
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("\n## Layout\n", 1)[1].split("\nOne architecture", 1)[0]
+    unnamed = []
+    for package in ALLOWED:
+        for path in modules_of(package):
+            if path.name in ("__init__.py", "__main__.py"):
+                continue
+            name = path.relative_to(REPO / package).as_posix()
+            if not re.search(rf"(?<![\w/]){re.escape(name)}\b", layout):
+                unnamed.append(f"{package}/{name}")
+    assert unnamed == []
