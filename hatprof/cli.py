@@ -81,6 +81,9 @@ def main(args: list[str] | None = None) -> None:
     """Run the CLI; every error is one line on stderr (usage errors exit 2, others 1)."""
     try:
         cli.main(args=args, prog_name="hatprof", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `hatprof` (or group): its help, as git does
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         click.echo(f"Error: {exc.format_message()}{hint}", err=True)

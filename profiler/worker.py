@@ -21,6 +21,7 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -142,7 +143,11 @@ def _limit_memory(max_bytes: int) -> None:
 
 def worker_main(conn: multiprocessing.connection.Connection, config: dict[str, Any],
                 ops: Mapping[str, Operation] | None = None) -> None:
-    """The child's loop: one JSON request in, one JSON reply out, until the pipe closes."""
+    """The child's loop: one JSON request in, one JSON reply out, until the pipe closes.
+
+    Ctrl-C reaches the whole process group: the child ignores it and lets the parent decide
+    (it closes the pipe or stops the child), so an interrupted `measure` prints no worker traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=config.get("log_level", logging.WARNING),
                         format="%(levelname)s worker %(name)s: %(message)s")
     if config.get("max_memory_bytes"):

@@ -151,3 +151,28 @@ def test_export_takes_a_space_sample_line_and_refuses_several(work, capsys):
     code, _, err = run(["export", "--arch", work / "two.jsonl", "--out", work / "art"], capsys)
     assert code == 1 and "holds 2 architectures; export takes one" in err
     assert not (work / "art").exists()
+
+
+def _sigint_disposition(request):
+    import signal
+
+    return str(signal.getsignal(signal.SIGINT))
+
+
+def test_the_measuring_worker_leaves_ctrl_c_to_its_parent():
+    """Ctrl-C reaches the worker too: it must ignore it (no traceback before 'Aborted.')."""
+    import signal
+
+    from profiler.worker import WorkerHandle
+
+    worker = WorkerHandle({}, ops={"sigint": _sigint_disposition})
+    try:
+        assert worker.call({"op": "sigint"}, time_limit_s=120) == str(signal.SIG_IGN)
+    finally:
+        worker.stop()
+
+
+def test_a_bare_hatprof_prints_its_usage_and_exits_0(capsys):
+    code, out, err = run([], capsys)
+    assert code == 0 and out.startswith("Usage: hatprof [OPTIONS] COMMAND") and "predictor" in out
+    assert err == ""
