@@ -231,13 +231,17 @@ def prepare(df: pd.DataFrame, feature_set: str, targets: str = "auto") -> Prepar
     return Prepared(df, fset, ctx, settings, X, ys, names)
 
 
+def _check_rows(n: int) -> None:
+    if n < MIN_ROWS:
+        raise PredictorError(f"need at least {MIN_ROWS} rows to train a predictor, got {n}")
+
+
 def fit_prepared(prep: Prepared, rows: np.ndarray | None, model: str,
                  params: dict[str, Any] | None = None, seed: int = 0) -> LatencyPredictor:
     """Fit `model` on `rows` (all when None) of prepared data; no metrics."""
     spec = model_spec(model)
     rows = np.arange(len(prep.X)) if rows is None else np.asarray(rows)
-    if len(rows) < MIN_ROWS:
-        raise PredictorError(f"need at least {MIN_ROWS} rows to train a predictor, got {len(rows)}")
+    _check_rows(len(rows))
     estimators = {}
     for target in prep.targets:
         est = spec.make()
@@ -273,6 +277,7 @@ def train_predictor(df: pd.DataFrame, model: str = DEFAULT_MODEL,
     the test part; the returned predictor is then refitted on every row (so its intervals
     are, if anything, slightly wide). `targets` overrides the model's own ("auto" or "total").
     """
+    _check_rows(len(df))  # before any warning about too few rows for metrics
     spec = model_spec(model)
     prep = prepare(df, spec.feature_set, targets or spec.targets)
     metrics, intervals = None, None

@@ -176,3 +176,12 @@ def test_a_bare_hatprof_prints_its_usage_and_exits_0(capsys):
     code, out, err = run([], capsys)
     assert code == 0 and out.startswith("Usage: hatprof [OPTIONS] COMMAND") and "predictor" in out
     assert err == ""
+
+
+def test_too_few_rows_is_one_error_without_a_warning_first(work, capsys, caplog):
+    few = work / "few.csv"
+    few.write_text("".join(DATA.read_text().splitlines(keepends=True)[:4]))  # header + 3 rows
+    code, _, err = run(["predictor", "train", "--data", few, "--out", work / "few.predictor"], capsys)
+    assert code == 1 and err.strip().splitlines() == ["Error: need at least 5 rows to train a predictor, got 3"]
+    assert not (work / "few.predictor").exists()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
