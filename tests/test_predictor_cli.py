@@ -1,6 +1,7 @@
 """`hatprof predictor ...` through click's test runner: outputs, files, errors."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -98,8 +99,50 @@ def test_adapt_then_eval(files):
     result = invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", out)
     assert result.exit_code == 0, result.output
     assert "from 15 rows" in result.output
+    assert "held-out error by leave-one-out of the adaptation: n=15" in result.output
     result = invoke("eval", "--predictor", out, "--data", files["pi"])
     assert result.exit_code == 0 and "n=80" in result.output
+    assert "90% intervals (jackknife (leave-one-out of the adaptation), 15 scored rows) cover" in result.output
+
+
+def test_predict_gives_intervals_and_their_coverage(files):
+    result = invoke("predict", "--predictor", files["model"], "--data", files["pi"], "--confidence", "0.8")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.stdout))
+    q = (table["upper_ms"] / table["predicted_ms"] - 1).round(3).unique()  # CSV keeps 4 decimals
+    assert len(q) == 1 and q[0] > 0  # one relative half-width for every row
+    assert (table["lower_ms"] / table["predicted_ms"] - 1).round(3).unique().tolist() == [-q[0]]
+    # the desktop predictor on the Pi's rows: far off, so its intervals cover few of them
+    assert "80% intervals cover" in result.stderr
+
+
+def test_suggest_writes_distinct_archs_of_the_space(files):
+    out = files["root"] / "suggested.jsonl"
+    result = invoke("suggest", "--base", files["model"], "--space", "compact", "-k", "7",
+                    "--candidates", "200", "--out", out)
+    assert result.exit_code == 0, result.output
+    from profiler.space import ArchConfig
+
+    archs = [ArchConfig.from_json(line).validate(load_space("compact")) for line in out.read_text().splitlines()]
+    assert len({a.arch_id for a in archs}) == 7
+
+
+def test_adapt_measures_suggested_archs_on_a_device(files):
+    """The whole loop on this machine with a tiny protocol: suggest, measure, adapt, report."""
+    short = files["root"] / "short.csv"
+    synthetic_frame(60, seed=3, seq_len=4, beam=1).to_csv(short, index=False)
+    base = files["root"] / "short.predictor"
+    assert invoke("train", "--data", short, "--out", base).exit_code == 0
+    out = files["root"] / "local.predictor"
+    # The rows are timed on the base's workload (4 tokens, beam 1), whatever --seq-len says.
+    result = invoke("adapt", "--base", base, "--device", "local", "-k", "3", "--runs", "6",
+                    "--rounds", "1", "--warmup", "1", "--fixed", "--out", out)
+    assert result.exit_code == 0, result.output
+    measured = pd.read_csv(out.with_suffix(".csv"))
+    assert len(measured) == 3 and (measured["latency_ms"] > 0).all()
+    assert set(measured["seq_len"]) == {4} and set(measured["beam"]) == {1}
+    assert "from 3 rows" in result.output
+    assert "held-out error by leave-one-out of the adaptation: n=3" in result.output
 
 
 @pytest.mark.parametrize("content, message", [

@@ -5,22 +5,26 @@ CLI to print as one line.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import click
 import pandas as pd
 
-from profiler.dataset import LATENCY_STATISTICS, read_dataset
 from hatprof.commands.measure import read_arch_lines
-from hatprof.options import output_file
+from hatprof.options import format_option, output_file, protocol_options, space_option
+
+from profiler.dataset import LATENCY_STATISTICS, read_dataset
 from profiler.files import write_atomically
 
+from predictor.conformal import INTERVAL_CONFIDENCE, intervals_of
 from predictor.core import DEFAULT_MODEL, MODELS, train_predictor
 from predictor.data import measured_total
 from predictor.metrics import latency_metrics
 from predictor.persistence import load_predictor, save_predictor
 from predictor.transfer import METHODS
+from predictor.suggest import suggest_archs
 from predictor.transfer import adapt as adapt_predictor
 
 _csv = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -32,6 +36,10 @@ statistic_option = click.option(
          "recomputed from the raw samples.  [default: trimmed-mean, or the predictor's own for eval]")
 seed_option = click.option("--seed", type=int, default=0, show_default=True,
                            help="Seed of HAT's 80/10/10 split and of the models.")
+confidence_option = click.option(
+    "--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+    help="Also give each prediction's interval at this confidence (e.g. 0.9), from the conformal "
+         "scores stored in the predictor.")
 
 
 def _metrics_line(metrics: dict) -> str:
@@ -71,14 +79,23 @@ def train(data: Path, model: str, out: Path, statistic: str | None, seed: int) -
 @data_option
 @click.option("--json", "json_out", type=_out, help="Write the metrics as JSON here.")
 @statistic_option
-def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic: str | None) -> None:
-    """Score a saved predictor on measured rows (total latency)."""
+@click.option("--confidence", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help=f"Confidence of the intervals whose coverage is reported.  [default: {INTERVAL_CONFIDENCE}]")
+def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic: str | None,
+             confidence: float | None) -> None:
+    """Score a saved predictor on measured rows (total latency), and the coverage of its intervals."""
     pred = load_predictor(predictor_file)
     learned = pred.metadata.get("data", {}).get("latency_statistic", "trimmed-mean")
     df = read_dataset(data, statistic or learned)
     predicted = pred.predict_frame(df)["predicted_ms"].to_numpy()
-    metrics = latency_metrics(measured_total(df), predicted)
+    measured = measured_total(df)
+    metrics = latency_metrics(measured, predicted)
     click.echo(_metrics_line(metrics))
+    if pred.intervals is not None:
+        level = confidence or INTERVAL_CONFIDENCE
+        metrics[f"coverage_{round(100 * level)}"] = coverage = pred.intervals.coverage(measured, predicted, level)
+        click.echo(f"{level:.0%} intervals ({pred.intervals.method}, {pred.intervals.rows} scored rows) "
+                   f"cover {coverage:.1%} of the rows")
     if json_out:
         report = {**metrics, "predictor": str(predictor_file), "data": str(data),
                   "model": pred.metadata.get("model"),
@@ -92,8 +109,11 @@ def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic:
               help="Architectures: JSON lines (as `hatprof space sample` writes), one JSON object or a list.")
 @click.option("--data", type=_csv, help="CSV with an arch column or HAT's feature columns.")
 @click.option("--out", type=_out, help="Write predictions as CSV here (default: stdout).")
-def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out: Path | None) -> None:
-    """Predict latency (ms) of architectures."""
+@confidence_option
+def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out: Path | None,
+            confidence: float | None) -> None:
+    """Predict latency (ms) of architectures, with --confidence their intervals (and, for
+    --data rows with measured latencies, the share the intervals cover)."""
     if (arch_file is None) == (data is None):
         raise click.UsageError("give exactly one of --arch and --data")
     pred = load_predictor(predictor_file)
@@ -106,6 +126,12 @@ def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out
         table = pred.predict_frame(df)
         if "arch_id" in df.columns:
             table.insert(0, "arch_id", df["arch_id"])
+    if confidence is not None:
+        intervals = intervals_of(pred)
+        table["lower_ms"], table["upper_ms"] = intervals.bounds(table["predicted_ms"].to_numpy(), confidence)
+        if data is not None:
+            coverage = intervals.coverage(measured_total(df), table["predicted_ms"].to_numpy(), confidence)
+            click.echo(f"{confidence:.0%} intervals cover {coverage:.1%} of the {len(df)} measured rows", err=True)
     text = table.to_csv(index=False, float_format="%.4f")
     if out:
         write_atomically(out, text)
@@ -138,20 +164,109 @@ def compare(data: Path, models: str, plot: Path | None, statistic: str | None, s
         click.echo(f"plot -> {plot}")
 
 
+base_option = click.option("--base", type=_csv, required=True, multiple=True,
+                           help="Predictor of another device (repeat for several bases).")
+
+
 @predictor.command()
-@click.option("--base", type=_csv, required=True, help="Predictor of another device.")
-@click.option("--data", type=_csv, required=True, help="A few rows measured on the new device.")
+@base_option
+@space_option
+@click.option("-k", "k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Architectures to suggest.")
+@click.option("--candidates", type=click.IntRange(min=1), default=4000, show_default=True,
+              help="Architectures sampled from the space to choose from.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the candidates' sampling.")
+@click.option("--out", type=_out, required=True, help="JSON lines of architectures (as `measure --archs` reads).")
+def suggest(base: tuple[Path, ...], space, k: int, candidates: int, seed: int, out: Path) -> None:
+    """Suggest the k architectures to measure on a new device: a farthest-point design over the
+    base predictor's features, so that the rows cover the space the predictor sees."""
+    archs = suggest_archs(_bases(base), k, space=space, n_candidates=candidates, seed=seed)
+    write_atomically(out, "".join(a.canonical_json() + "\n" for a in archs))
+    click.echo(f"{len(archs)} architectures of {space.name} -> {out}")
+
+
+def _bases(paths: tuple[Path, ...] | Path) -> list:
+    """The trained predictors of --base (one path too, as `demo` passes it)."""
+    from predictor.core import LatencyPredictor
+
+    out = []
+    for path in (paths,) if isinstance(paths, Path) else paths:
+        pred = load_predictor(path)
+        if not isinstance(pred, LatencyPredictor):
+            raise click.BadParameter(f"{path} is an adapted predictor; give a trained one", param_hint="--base")
+        out.append(pred)
+    return out
+
+
+@predictor.command()
+@base_option
+@click.option("--data", type=_csv, help="Rows already measured on the new device.")
+@click.option("--device", help="Or measure -k suggested architectures on this device ('local', or a "
+                               "name from the inventory) first.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="With --device: architectures to suggest and measure.")
+@click.option("--inventory", type=click.Path(dir_okay=False), default=None,
+              help="Device inventory file (default: $HATPROF_DEVICES, then ~/.config/hatprof/devices.toml).")
+@click.option("--measurements", type=_out, default=None,
+              help="With --device: latency CSV the measured rows go to.  [default: OUT with .csv]")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --device: seed of the candidates.")
+@protocol_options
+@format_option
 @click.option("--method", type=click.Choice(["auto", *METHODS]), default="auto", show_default=True,
-              help="Correction of the base predictions (auto: best by leave-one-out on the rows).")
+              help="Correction of the base predictions (auto: best by leave-one-out on the rows; the "
+                   "rows alone unless another beats them by one standard error).")
 @click.option("--out", type=_out, required=True, help="Adapted predictor file to write.")
 @statistic_option
-def adapt(base: Path, data: Path, method: str, out: Path, statistic: str | None) -> None:
-    """Adapt a predictor to a new device from a few of its measured rows."""
-    adapted = adapt_predictor(load_predictor(base), read_dataset(data, statistic or "trimmed-mean"), method)
+def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int, inventory: str | None,
+          measurements: Path | None, seed: int, protocol, fmt: str, method: str, out: Path,
+          statistic: str | None) -> None:
+    """Adapt predictors of other devices to a new device from a few of its measured rows.
+
+    With --device, the whole loop: suggest k architectures, measure them on the device (as
+    `hatprof measure` does), adapt, and report the error estimated by leave-one-out of the
+    whole adaptation (the rows are too few to hold any out).
+    """
+    if (data is None) == (device is None):
+        raise click.UsageError("give exactly one of --data and --device")
+    base_predictors = _bases(base)
+    if device is not None:
+        data = _measure_suggested(base_predictors, device, k, inventory, measurements or out.with_suffix(".csv"),
+                                  seed, protocol, fmt)
+    adapted = adapt_predictor(base_predictors, read_dataset(data, statistic or "trimmed-mean"), method)
     save_predictor(adapted, out)
     scales = ", ".join(f"{t} x{c.scale:.3g}" for t, c in adapted.corrections.items())
     loo = adapted.metadata["loo_rmspe"].get(adapted.method)
     quality = f", leave-one-out RMSPE {loo:.2f}%" if loo is not None else ""
     click.echo(f"{adapted.method} correction from {adapted.metadata['data']['rows']} rows "
                f"({scales}{quality}) -> {out}")
+    cv = adapted.metadata.get("cross_validation")
+    if cv is not None:
+        click.echo(f"held-out error by leave-one-out of the adaptation: {_metrics_line(cv)}")
 
+
+def _measure_suggested(bases: list, device: str, k: int, inventory: str | None, csv_path: Path, seed: int,
+                       protocol, fmt: str) -> Path:
+    """Suggest k architectures of the base's space and measure them on `device` into `csv_path`."""
+    from hatprof.devices import open_device, run_measure
+    from profiler.measure import MeasureJob
+
+    space = bases[0].space
+    if space is None:
+        raise click.BadParameter("the base predictor records no design space (trained on HAT's feature "
+                                 "rows?); measure rows yourself and pass --data", param_hint="--base")
+    archs = suggest_archs(bases, k, space=space, seed=seed)
+    workload = {"seq_len": bases[0].context.seq_len, "beam": bases[0].context.beam}
+    protocol = dataclasses.replace(protocol, **workload)
+    click.echo(f"measuring {len(archs)} suggested architectures on {device} (the base's workload: "
+               f"{workload['seq_len']} tokens, beam {workload['beam']}) -> {csv_path}", err=True)
+    target, protocol = open_device(device, protocol, None, inventory)
+    try:
+        results = run_measure(archs, MeasureJob(space=space, protocol=protocol, fmt=fmt), target, csv_path,
+                              False, device)
+    finally:
+        target.close()
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(archs)} architectures failed to measure on {device} "
+                                   f"(first: {failed[0].message})")
+    return csv_path
