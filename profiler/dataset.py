@@ -167,6 +167,7 @@ class DatasetWriter:
         except BaseException:
             self._csv.close()
             raise
+        self._started_empty = not complete
         if not complete:
             self._append(self._csv, _csv_line(COLUMNS))
             fsync_dir(self.path.parent)
@@ -256,6 +257,11 @@ class DatasetWriter:
         self.done_ids.add(arch_id)
 
     def close(self) -> None:
+        """Close the files; a file this writer began that got no row is removed, not left
+        behind as a header alone (a rerun would then find nothing to resume)."""
+        if self._started_empty and not self.done_ids:
+            self.path.unlink(missing_ok=True)
+            self.raw_path.unlink(missing_ok=True)
         self._raw.close()
         self._csv.close()
 

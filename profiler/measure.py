@@ -67,9 +67,19 @@ def _artifact(job: MeasureJob, arch: ArchConfig) -> Path:
     return get_artifact(arch, job.space, job.fmt, cache_dir=job.cache_dir, model=model)
 
 
+def _error_code(exc: HatprofError) -> ErrorCode:
+    """The failure's own code where it has one (an agent's refusal: format_not_allowed, busy,
+    timeout...), so the caller can say whether a rerun can help; else measure_failed."""
+    try:
+        return ErrorCode(getattr(exc, "code", ErrorCode.MEASURE_FAILED))
+    except ValueError:
+        return ErrorCode.MEASURE_FAILED
+
+
 def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchConfig],
                    artifacts: Sequence[Path], reference: CanaryReference,
-                   on_round: Callable[[ArchConfig, ArchRounds], None] | None) -> tuple[list[ArchRounds], dict[str, str]]:
+                   on_round: Callable[[ArchConfig, ArchRounds], None] | None
+                   ) -> tuple[list[ArchRounds], dict[str, HatprofError]]:
     """The rounds of a group, interleaved: one round of every unfinished architecture per pass,
     in a fresh seeded random order after the first pass (randomized multiple interleaved
     trials, after Abedi and Brecht), until each architecture is done (see `ArchRounds`).
@@ -77,7 +87,7 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
     Returns each architecture's rounds and the errors of those that failed (then skipped).
     """
     states = [ArchRounds(job.protocol, reference) for _ in archs]
-    failed: dict[str, str] = {}
+    failed: dict[str, HatprofError] = {}
     p = job.protocol
     planned = p.runs_per_round()
     order = random.Random(",".join(a.arch_id for a in archs))
@@ -95,7 +105,7 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
                 pair = target.measure_round(artifact, job.fmt, spec)
             except HatprofError as exc:
                 logger.warning("architecture %s: measurement failed: %s", arch.arch_id, exc)
-                failed[arch.arch_id] = str(exc)
+                failed[arch.arch_id] = exc
                 continue
             reason = state.add(pair, time.monotonic() - start)
             if reason:
@@ -164,7 +174,8 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
             for arch, artifact, state in zip(group, artifacts, measured):
                 attempts[arch.arch_id] += 1
                 if arch.arch_id in failed:
-                    report(ArchResult(arch, error=ErrorCode.MEASURE_FAILED, message=failed[arch.arch_id],
+                    error = failed[arch.arch_id]
+                    report(ArchResult(arch, error=_error_code(error), message=str(error),
                                       attempts=attempts[arch.arch_id]))
                     continue
                 row, raw = _to_row(job, arch, state, writer.settings, environment)

@@ -215,7 +215,7 @@ def test_writing_a_row_with_other_settings_is_refused(tmp_path, archs):
     with DatasetWriter(path, SETTINGS_A) as writer:
         with pytest.raises(DatasetError, match="host"):
             writer.write(*make_row(archs[0], 1, settings=other))
-    assert len(read_dataset(path)) == 0
+    assert not path.exists()  # no row: the new file is not left as a header alone
 
 
 def test_resume_refuses_an_imported_file(tmp_path):
@@ -446,3 +446,9 @@ def test_import_hat_writes_the_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "rpi.csv").st_mode & 0o777 == 0o644
+
+
+def test_a_new_file_that_got_no_row_is_not_left_as_a_header_alone(tmp_path):
+    path = tmp_path / "empty.csv"
+    DatasetWriter(path, SETTINGS_A).close()
+    assert not path.exists() and not raw_path_for(path).exists()

@@ -183,3 +183,19 @@ def test_sigkill_of_the_coordinator_then_rerun_completes_exactly(tmp_path, agent
     assert len(table) == 6 and {r["arch_id"] for r in table} == check_dataset_ids
     raw_ids = [json.loads(line)["arch_id"] for line in raw_path_for(out / "pi.csv").read_text().splitlines()]
     assert sorted(raw_ids) == sorted(check_dataset_ids)
+
+
+def test_collect_names_what_a_rerun_needs_and_leaves_no_header_only_file(tmp_path, agents):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on: the agent is down
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    path = write_inventory(tmp_path / "devices.toml", {"down": [dead], "one": [agents[0].url]}, retries=0)
+    base = ["collect", "--inventory", str(path), "--space", "compact", "--samples", "1", "--seed", "3",
+            "--out", str(tmp_path / "out"), *PROTOCOL_ARGS]
+    down = CliRunner().invoke(cli, [*base, "--devices", "down"])
+    assert down.exit_code == 1 and "could not be reached" in down.output and "start it" in down.output
+    refused = CliRunner().invoke(cli, [*base, "--devices", "one", "--format", "torchscript"])
+    assert refused.exit_code == 1 and "--allow-torchscript" in refused.output, refused.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no header-only one.csv

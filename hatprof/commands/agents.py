@@ -12,7 +12,7 @@ import click
 
 from device_agents.client import AgentError, AgentUnavailable
 from device_agents.inventory import DeviceSpec, load_inventory
-from profiler.errors import DeviceError
+from profiler.errors import DeviceError, ErrorCode
 from hatprof.options import (cache_dir_option, format_option, interleave_option, output_file,
                               protocol_options, retry_unstable_option, seed_option, space_option)
 
@@ -179,7 +179,7 @@ def collect(ctx: click.Context, names: list[str], inventory: Path | None, space,
         for device in devices:
             for target in device.targets:
                 target.close()
-    failed = 0
+    failed, codes_seen = 0, set()
     for report in reports.values():
         codes = sorted({r.error for r in report.failed})
         click.echo(f"{report.device}: {report.already + report.measured}/{report.total} rows in {report.path} "
@@ -187,5 +187,17 @@ def collect(ctx: click.Context, names: list[str], inventory: Path | None, space,
                    + (f" ({', '.join(codes)})" if codes else "")
                    + (f"; lost agents: {', '.join(report.lost_agents)}" if report.lost_agents else ""))
         failed += len(report.failed)
+        codes_seen.update(r.error for r in report.failed)
     if failed:
-        raise DeviceError(f"{failed} measurements failed; rerun the same command to resume")
+        raise DeviceError(f"{failed} measurements failed; {_what_next(codes_seen, fmt)}")
+
+
+def _what_next(codes: set, fmt: str) -> str:
+    """What would make a rerun succeed: it resumes, but only once the cause is gone."""
+    if ErrorCode.FORMAT_NOT_ALLOWED in codes:
+        return (f"an agent does not run {fmt} artifacts: start it with --allow-torchscript, or collect "
+                "with --format onnx, then rerun the same command to resume")
+    if ErrorCode.UNAVAILABLE in codes or ErrorCode.UNAUTHORIZED in codes:
+        return ("an agent could not be reached (see `hatprof devices check <device>`): start it or fix the inventory, "
+                "then rerun the same command to resume")
+    return "rerun the same command to resume"
