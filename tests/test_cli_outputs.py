@@ -185,3 +185,17 @@ def test_too_few_rows_is_one_error_without_a_warning_first(work, capsys, caplog)
     assert code == 1 and err.strip().splitlines() == ["Error: need at least 5 rows to train a predictor, got 3"]
     assert not (work / "few.predictor").exists()
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_supernet_train_refuses_to_overwrite_a_checkpoint_without_force(work, capsys):
+    existing = work / "existing.pt"
+    existing.write_bytes(b"a checkpoint someone trained for an hour")
+    code, _, err = run(["supernet", "train", "--steps", "1", "--out", existing], capsys)
+    assert code == 1 and "already exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert existing.read_bytes() == b"a checkpoint someone trained for an hour"
+
+
+def test_no_readme_command_writes_over_the_bundled_files():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    writes = [line for line in readme.splitlines() if line.startswith("    hatprof") and "--out datasets/" in line]
+    assert writes == []
