@@ -5,6 +5,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -175,3 +176,22 @@ def test_predict_reads_the_json_lines_that_space_sample_writes(files):
     result = invoke("predict", "--predictor", files["model"], "--arch", lines)
     assert result.exit_code == 0, result.output
     assert [row.split(",")[0] for row in result.output.splitlines()[1:]] == [a.arch_id for a in archs]
+
+
+def test_adapt_flags_a_predictor_whose_own_leave_one_out_error_is_large(files):
+    from predictor.persistence import load_predictor
+
+    good = files["root"] / "good.predictor"
+    result = invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", good)
+    assert result.exit_code == 0 and "poorly adapted" not in result.output and not result.output.startswith("!")
+    assert load_predictor(good).metadata["poorly_adapted"] is False
+    noisy = pd.read_csv(files["pi_few"])
+    factor = np.random.default_rng(5).uniform(0.3, 3.0, len(noisy))  # rows no predictor can follow
+    for column in [c for c in noisy.columns if c.startswith("latency")]:
+        noisy[column] = noisy[column] * factor
+    noisy.to_csv(files["root"] / "noisy.csv", index=False)
+    bad = files["root"] / "bad.predictor"
+    result = invoke("adapt", "--base", files["model"], "--data", files["root"] / "noisy.csv", "--out", bad)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("! ") and "! poorly adapted: its own leave-one-out RMSPE is" in result.stderr
+    assert load_predictor(bad).metadata["poorly_adapted"] is True

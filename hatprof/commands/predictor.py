@@ -164,6 +164,12 @@ def compare(data: Path, models: str, plot: Path | None, statistic: str | None, s
         click.echo(f"plot -> {plot}")
 
 
+#: Leave-one-out RMSPE (%) above which an adapted predictor is flagged: a predictor this far off
+#: cannot tell apart candidates whose latencies differ by a fifth, about the gap between a search's
+#: limit and the candidates it keeps, so a winner it picks may be well over the limit on the device.
+#: HAT's own predictors reach a few percent; the reported bad adaptations were at 33-46%.
+POOR_ADAPTATION_RMSPE = 20.0
+
 base_option = click.option("--base", type=_csv, required=True, multiple=True,
                            help="Predictor of another device (repeat for several bases).")
 
@@ -233,15 +239,22 @@ def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int,
         data = _measure_suggested(base_predictors, device, k, inventory, measurements or out.with_suffix(".csv"),
                                   seed, protocol, fmt)
     adapted = adapt_predictor(base_predictors, read_dataset(data, statistic or "trimmed-mean"), method)
+    loo = adapted.metadata["loo_rmspe"].get(adapted.method)
+    cv = adapted.metadata.get("cross_validation")
+    error = cv["rmspe"] if cv is not None else loo
+    poor = error is not None and error > POOR_ADAPTATION_RMSPE
+    adapted.metadata["poorly_adapted"] = poor
     save_predictor(adapted, out)
     scales = ", ".join(f"{t} x{c.scale:.3g}" for t, c in adapted.corrections.items())
-    loo = adapted.metadata["loo_rmspe"].get(adapted.method)
     quality = f", leave-one-out RMSPE {loo:.2f}%" if loo is not None else ""
-    click.echo(f"{adapted.method} correction from {adapted.metadata['data']['rows']} rows "
+    click.echo(f"{'! ' if poor else ''}{adapted.method} correction from {adapted.metadata['data']['rows']} rows "
                f"({scales}{quality}) -> {out}")
-    cv = adapted.metadata.get("cross_validation")
     if cv is not None:
         click.echo(f"held-out error by leave-one-out of the adaptation: {_metrics_line(cv)}")
+    if poor:
+        click.echo(f"! poorly adapted: its own leave-one-out RMSPE is {error:.1f}%, over "
+                   f"{POOR_ADAPTATION_RMSPE:g}%; searches driven by it may miss their limit: measure more rows "
+                   "(-k / --data) or a base closer to this device", err=True)
 
 
 def _measure_suggested(bases: list, device: str, k: int, inventory: str | None, csv_path: Path, seed: int,
