@@ -92,6 +92,10 @@ def search_and_measure(task: SearchTask, latency: PredictedLatency, limits: Sequ
             if found is not None:
                 report.update(measured_latency_ms=found.latency_ms, measured_trusted=found.trusted,
                               measured_interval=found.interval)
+        for run in runs:  # the prediction kept it under the limit; the device may not have
+            winner = run["winner"]
+            if "measured_latency_ms" in winner:
+                winner["over_limit"] = bool(winner["measured_latency_ms"] > run["latency_limit_ms"])
     return {"space": task.space.name, "latency_statistic": latency.statistic, "confidence": latency.confidence,
             "settings": settings.to_dict(), "score_sentences": task.score_sentences,
             "bleu_sentences": len(task.test), "reference": reference, "runs": runs}

@@ -116,3 +116,19 @@ def test_search_measures_the_winner_with_its_inherited_weights(checkpoint, fake_
     exported = {json.loads(m.read_text())["weights_sha256"] for m in cache_root().glob("*/manifest.json")
                 if json.loads(m.read_text())["arch_id"] == winner.arch_id}
     assert weights_digest(extract_subtransformer(net, winner)) in exported
+
+
+def test_the_table_marks_a_winner_measured_over_its_limit(capsys) -> None:
+    from hatprof.commands.search import echo_table
+
+    def row(name, measured, over=None):
+        extra = {} if over is None else {"over_limit": over}
+        return {"name": name, "arch_id": f"id-{name}", "predicted_latency_ms": 9.5, "valid_loss": 1.0,
+                "test_bleu": 50.0, "measured_latency_ms": measured, "measured_trusted": True, **extra}
+
+    echo_table(row("largest", 30.0), [{"latency_limit_ms": 10, "winner": row("a", 16.4, True)},
+                                      {"latency_limit_ms": 20, "winner": row("b", 12.0, False)}])
+    out, err = capsys.readouterr()
+    lines = {line.split()[-1]: line for line in out.splitlines()}
+    assert "16.40!" in lines["id-a"] and "!" not in lines["id-b"] and "!" not in lines["largest"]
+    assert "measured over its latency limit" in err

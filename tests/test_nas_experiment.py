@@ -86,4 +86,7 @@ def test_search_and_measure_keeps_each_winner_within_its_limit_and_measures_it(t
         assert winner["valid_loss"] == min(i["best_loss"] for i in search["iterations"])
         assert winner["measured_latency_ms"] == pytest.approx(2 * winner["predicted_latency_ms"])
         assert winner["measured_trusted"] is True and winner["measured_interval"] == 0.01
+        assert type(winner["over_limit"]) is bool and winner["over_limit"] == (winner["measured_latency_ms"] > limit)
         assert all(i["feasible"] == search["proposed"] - search["rejected"] for i in search["iterations"][-1:])
+    assert [run["winner"]["over_limit"] for run in record["runs"]] != [False, False]
+    assert "over_limit" not in reference  # the largest has no limit

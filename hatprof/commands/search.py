@@ -248,9 +248,13 @@ def echo_table(reference: dict[str, Any], runs: Sequence[dict[str, Any]]) -> Non
     for limit, row in rows:
         label = "largest" if row["name"] == "largest" else row["arch_id"]
         measured = row.get("measured_latency_ms")
-        measured = "-" if measured is None else f"{measured:.2f}" + ("" if row["measured_trusted"] else "?")
+        measured = "-" if measured is None else (f"{measured:.2f}" + ("" if row["measured_trusted"] else "?")
+                                                 + ("!" if row.get("over_limit") else ""))
         click.echo(f"{limit:>9} {row['predicted_latency_ms']:8.2f} {measured:>9} {row['valid_loss']:7.3f} "
                    f"{row['test_bleu']:6.2f}  {label}")
+    if any(row.get("over_limit") for _, row in rows):
+        click.echo("! measured over its latency limit: the predictor under-estimates this device here "
+                   "(adapt it with rows of this device, or search with a lower limit or --confidence)", err=True)
     if any(row.get("measured_trusted") is False for _, row in rows):
         click.echo("? did not converge: the machine kept disturbing the measurement, so this number is not "
                    "the model's latency (measure again on a quieter machine)", err=True)
