@@ -277,9 +277,9 @@ def train_predictor(df: pd.DataFrame, model: str = DEFAULT_MODEL,
     the test part; the returned predictor is then refitted on every row (so its intervals
     are, if anything, slightly wide). `targets` overrides the model's own ("auto" or "total").
     """
-    _check_rows(len(df))  # before any warning about too few rows for metrics
     spec = model_spec(model)
     prep = prepare(df, spec.feature_set, targets or spec.targets)
+    _check_rows(len(df))  # before any warning about too few rows for metrics
     metrics, intervals = None, None
     if len(df) >= MIN_ROWS_FOR_METRICS:
         train, validation, test = split_indices(len(df), seed)
