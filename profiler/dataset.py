@@ -24,11 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from profiler.errors import DatasetError, HatprofError
+from profiler.errors import DatasetError, HatprofError, SpaceError
 from profiler.convergence import interval
 from profiler.files import check_writable, fsync_dir, write_atomically
 from profiler.protocol import ROUND_SPREAD_LIMIT, Measurement, TimingProtocol, spread
-from profiler.space import ArchConfig, DesignSpace
+from profiler.space import ArchConfig, DesignSpace, feature_outside, infer_space
 from profiler.vocabulary import HAT_COLUMNS, HAT_FEATURES, HAT_LATENCY_COLUMNS  # noqa: F401 (re-exported)
 
 try:  # advisory lock against two writers of one file; POSIX only
@@ -458,8 +458,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return df
 
 
-def import_hat(src: str | os.PathLike, out: str | os.PathLike, device: str | None = None) -> int:
-    """Convert one of HAT's published latency CSVs to this schema (features only: no arch); returns rows."""
+def import_hat(src: str | os.PathLike, out: str | os.PathLike, device: str | None = None,
+               space: DesignSpace | None = None) -> tuple[int, DesignSpace]:
+    """Convert one of HAT's published latency CSVs to this schema (features only: no arch); returns
+    the rows and their design space (`space`, checked, or the smallest built-in one that holds them),
+    which the rows record so that predictors and searches can tell spaces apart."""
     src, out = Path(src), Path(out)
     if out.exists():
         raise DatasetError(f"{out} already exists; choose another --out")
@@ -486,7 +489,7 @@ def import_hat(src: str | os.PathLike, out: str | os.PathLike, device: str | Non
         logger.warning("%s: ignoring column(s) HAT's format does not have: %s", src, ", ".join(extra))
     index = {c: header.index(c) for c in HAT_COLUMNS}
     device = device or src.stem
-    lines = [_csv_line(COLUMNS)]
+    parsed = []
     for line_no, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise DatasetError(f"{src} line {line_no} has {len(row)} fields, the header has {len(header)}")
@@ -497,15 +500,26 @@ def import_hat(src: str | os.PathLike, out: str | os.PathLike, device: str | Non
             raise DatasetError(f"{src} line {line_no}: a HAT column is not a number") from None
         if not all(math.isfinite(v) for v in numbers.values()):
             raise DatasetError(f"{src} line {line_no}: a HAT column is not finite")
+        parsed.append((line_no, values, numbers))
+    if not parsed:
+        raise DatasetError(f"{src} has a header but no rows")
+    if space is None:
+        try:
+            space = infer_space([numbers for _, _, numbers in parsed])
+        except SpaceError as exc:
+            raise DatasetError(f"{src}: {exc}") from None
+    lines = [_csv_line(COLUMNS)]
+    for line_no, values, numbers in parsed:
+        outside = feature_outside(space, numbers)
+        if outside is not None:
+            raise DatasetError(f"{src} line {line_no}: {outside} is outside space {space.name!r}")
         out_row = dict.fromkeys(COLUMNS, "")
         out_row.update(values)
-        out_row.update(device=device,
+        out_row.update(device=device, space=space.name, space_digest=space.digest,
                        latency_ms=numbers["latency_mean_encoder"] + numbers["latency_mean_decoder"])
         lines.append(_csv_line(out_row[c] for c in COLUMNS))
-    if len(lines) == 1:
-        raise DatasetError(f"{src} has a header but no rows")
     write_atomically(out, b"".join(lines), DatasetError)
-    return len(lines) - 1
+    return len(parsed), space
 
 
 def _plain(value: Any) -> Any:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from profiler.errors import SpaceError
 # HAT_FEATURES and HAT_FEATURE_NORM are imported from here too; profiler.vocabulary defines them.
@@ -209,6 +210,41 @@ BUILTIN_SPACES: dict[str, DesignSpace] = {
         ),
     )
 }
+
+
+#: HAT's feature columns and the genes whose choices bound them: a whole-model gene's value is
+#: one of its choices, a per-layer average lies between the gene's smallest and largest choice.
+_FEATURE_GENES = {
+    "encoder_embed_dim": "encoder_embed_dim", "encoder_layer_num": "encoder_layer_num",
+    "encoder_ffn_embed_dim_avg": "encoder_ffn_embed_dim",
+    "encoder_self_attention_heads_avg": "encoder_self_attention_heads",
+    "decoder_embed_dim": "decoder_embed_dim", "decoder_layer_num": "decoder_layer_num",
+    "decoder_ffn_embed_dim_avg": "decoder_ffn_embed_dim",
+    "decoder_self_attention_heads_avg": "decoder_self_attention_heads",
+    "decoder_ende_attention_heads_avg": "decoder_ende_attention_heads",
+}
+
+
+def feature_outside(space: DesignSpace, row: Mapping[str, float]) -> str | None:
+    """The first of HAT's features in `row` that `space` cannot produce ('name=value'), or None."""
+    for feature, gene in _FEATURE_GENES.items():
+        if feature not in row:
+            continue
+        value, choices = float(row[feature]), space.choices(gene)
+        inside = (min(choices) - 1e-6 <= value <= max(choices) + 1e-6 if feature.endswith("_avg")
+                  else value in choices)
+        if not inside:
+            return f"{feature}={value:g}"
+    return None
+
+
+def infer_space(rows: Sequence[Mapping[str, float]]) -> DesignSpace:
+    """The smallest built-in space that produces every row's HAT features: HAT's files name no
+    space, and its WMT and IWSLT spaces differ in their FFN and head choices."""
+    fitting = [s for s in BUILTIN_SPACES.values() if all(feature_outside(s, row) is None for row in rows)]
+    if not fitting:
+        raise SpaceError("no built-in design space holds every row's features; give --space")
+    return min(fitting, key=lambda s: math.prod(len(s.choices(g)) for g in _FEATURE_GENES.values()))
 
 
 def list_spaces() -> list[DesignSpace]:

@@ -352,7 +352,7 @@ def test_import_hat(tmp_path, index_column):
         lines = [HAT_HEADER] + HAT_ROWS
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out" / "rpi.csv"
-    assert import_hat(src, out) == 3
+    assert import_hat(src, out) == (3, load_space("hat-latency"))  # heads of 2 and FFN 1536: the wider space
     df = read_dataset(out)
     assert list(df.columns) == list(COLUMNS)
     for (_, got), line in zip(df.iterrows(), HAT_ROWS):
@@ -361,6 +361,7 @@ def test_import_hat(tmp_path, index_column):
         assert got["latency_ms"] == expected[10] + expected[11]
         assert got["device"] == "wmt14ende_cpu_raspberrypi_all"
         assert got["arch"] == "" and got["arch_id"] == ""
+        assert got["space"] == "hat-latency" and got["space_digest"] == load_space("hat-latency").digest
     assert df["runs"].isna().all() and df["measured_at"].eq("").all()
     assert dataset_info(out)["unstable"] is None
     assert not raw_path_for(out).exists()
@@ -452,3 +453,20 @@ def test_a_new_file_that_got_no_row_is_not_left_as_a_header_alone(tmp_path):
     path = tmp_path / "empty.csv"
     DatasetWriter(path, SETTINGS_A).close()
     assert not path.exists() and not raw_path_for(path).exists()
+
+
+def test_import_hat_records_the_space_given_or_inferred(tmp_path):
+    src = tmp_path / "hat.csv"
+    src.write_text(HAT_HEADER + "\n" + "\n".join(HAT_ROWS) + "\n")
+    with pytest.raises(DatasetError, match=r"line 2: .*heads_avg=2.66667 is outside space 'wmt14.en-de'"):
+        import_hat(src, tmp_path / "wmt.csv", space=load_space("wmt14.en-de"))
+    assert not (tmp_path / "wmt.csv").exists()
+    # IWSLT's space: FFN 512-2048 and heads 2-4, so these rows fit it and not WMT's
+    iwslt = "640,6,1024.0,3.0,640,2,512.0,2.0,4.0,1.0,100.0,200.0,1.0,2.0"
+    src.write_text(HAT_HEADER + "\n" + iwslt + "\n")
+    rows, space = import_hat(src, tmp_path / "iwslt.csv")
+    assert (rows, space.name) == (1, "iwslt14.de-en")
+    assert read_dataset(tmp_path / "iwslt.csv")["space"].tolist() == ["iwslt14.de-en"]
+    src.write_text(HAT_HEADER + "\n" + iwslt.replace("640,6,", "1024,6,", 1) + "\n")
+    with pytest.raises(DatasetError, match="no built-in design space holds"):
+        import_hat(src, tmp_path / "none.csv")

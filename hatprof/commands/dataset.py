@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from profiler.dataset import dataset_info, import_hat
+from profiler.space import load_space
 
 
 @click.group()
@@ -19,10 +20,14 @@ def dataset() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV to write in hatprof's schema (must not exist).")
 @click.option("--device", default=None, help="Device name for the rows (default: the file's stem).")
-def import_hat_command(src: Path, out: Path, device: str | None) -> None:
+@click.option("--space", "space_name", default=None,
+              help="Design space of the rows, recorded in them (e.g. wmt14.en-de, iwslt14.de-en).  "
+                   "[default: the smallest built-in space that holds every row's features]")
+def import_hat_command(src: Path, out: Path, device: str | None, space_name: str | None) -> None:
     """Convert one of HAT's published latency CSVs (10 features + 4 latencies, ms)."""
-    rows = import_hat(src, out, device=device)
-    click.echo(f"imported {rows} rows from {src} into {out}")
+    space = None if space_name is None else load_space(space_name)
+    rows, space = import_hat(src, out, device=device, space=space)
+    click.echo(f"imported {rows} rows of space {space.name} from {src} into {out}")
 
 
 @dataset.command()
