@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from profiler.space import ArchConfig
+from profiler.errors import SpaceError
+from profiler.space import ArchConfig, DesignSpace
 
 #: The statistic of a predictor that does not record one (HAT's label).
 DEFAULT_STATISTIC = "trimmed-mean"
@@ -38,6 +39,18 @@ class PredictedLatency:
         """The latency statistic the predictor learnt (trimmed mean, median or minimum)."""
         metadata = getattr(self.predictor, "metadata", {}) or {}
         return metadata.get("data", {}).get("latency_statistic", DEFAULT_STATISTIC)
+
+    def check_space(self, space: DesignSpace, supernet: str | Path) -> None:
+        """Refuse a supernet of another design space than the predictor's (by name and content):
+        the search would otherwise predict architectures the predictor never saw."""
+        own = getattr(self.predictor, "space", None)
+        if own is None or (own.name, own.digest) == (space.name, space.digest):
+            return
+        same = " (same name, other content)" if own.name == space.name else ""
+        raise SpaceError(f"the predictor is of space {own.name!r} and the supernet {supernet} of space "
+                         f"{space.name!r}{same}; train a supernet of the predictor's space "
+                         f"(hatprof supernet train --space {own.name} --out {own.name}.pt), then search it "
+                         f"(hatprof search --supernet {own.name}.pt ...)")
 
     def __call__(self, archs: Sequence[ArchConfig]) -> list[float]:
         predicted = self.predictor.predict_archs(list(archs))

@@ -27,6 +27,21 @@ SINGLE_VALUED = ("device", "space", "runtime", "format", "seq_len", "beam", "voc
 RECORDED = ("host", "runs", "warmup", "trim", "rounds", "cpus", "latency_statistic")
 
 
+def check_space(space: Any, df: pd.DataFrame, source: str) -> None:
+    """Refuse rows of another design space than a predictor's `space` (by name, and by content
+    where the rows carry `space_digest`): its errors there are meaningless, not large."""
+    if space is None or "space" not in df.columns:
+        return
+    names = sorted({str(v) for v in df["space"].dropna() if str(v)})
+    digests = {str(v) for v in df.get("space_digest", pd.Series(dtype=str)).dropna() if str(v)}
+    if names and names != [space.name]:
+        raise PredictorError(f"{source} holds rows of space {', '.join(map(repr, names))}, the predictor is of "
+                             f"space {space.name!r}; give rows of its space, or train a predictor on these")
+    if digests and digests != {space.digest}:
+        raise PredictorError(f"{source} holds rows of a space named {space.name!r} whose content differs from "
+                             "the predictor's (another version of it?); train a predictor on these rows")
+
+
 def has_arch(df: pd.DataFrame) -> bool:
     """Whether every row carries its full architecture (HAT's imported rows do not)."""
     if ARCH_COLUMN not in df.columns:

@@ -199,3 +199,27 @@ def test_no_readme_command_writes_over_the_bundled_files():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     writes = [line for line in readme.splitlines() if line.startswith("    hatprof") and "--out datasets/" in line]
     assert writes == []
+
+
+def test_a_predictor_of_another_space_is_refused_naming_both_spaces_and_the_fix(work, predictor_file, capsys):
+    import pandas as pd
+
+    from predictor.synthetic import synthetic_frame
+
+    synthetic_frame(30, seed=0, space="iwslt14.de-en").to_csv(work / "iwslt.csv", index=False)
+    iwslt = work / "iwslt.predictor"
+    assert run(["predictor", "train", "--data", work / "iwslt.csv", "--out", iwslt, "--model", "ridge"], capsys)[0] == 0
+    code, _, err = run(["search", "--predictor", iwslt, "--latency-limit-ms", "40", "--out", work / "s.json"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "the predictor is of space 'iwslt14.de-en'" in err and "of space 'compact'" in err
+    assert "hatprof supernet train --space iwslt14.de-en" in err and "hatprof search --supernet" in err
+    assert not (work / "s.json").exists()
+    # evaluating the compact predictor on another space's rows: refused, not a MAPE of thousands of percent
+    code, out, err = run(["predictor", "eval", "--predictor", predictor_file, "--data", work / "iwslt.csv"], capsys)
+    assert code == 1 and out == "" and "rows of space 'iwslt14.de-en', the predictor is of space 'compact'" in err
+    renamed = pd.read_csv(DATA)
+    renamed["space_digest"] = "0123456789abcdef"  # same name, other content
+    renamed.to_csv(work / "other_digest.csv", index=False)
+    code, _, err = run(["predictor", "predict", "--predictor", predictor_file, "--data", work / "other_digest.csv"],
+                       capsys)
+    assert code == 1 and "whose content differs" in err

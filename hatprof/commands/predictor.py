@@ -20,7 +20,7 @@ from profiler.files import write_atomically
 
 from predictor.conformal import INTERVAL_CONFIDENCE, intervals_of
 from predictor.core import DEFAULT_MODEL, MODELS, train_predictor
-from predictor.data import measured_total
+from predictor.data import check_space, measured_total
 from predictor.metrics import latency_metrics
 from predictor.persistence import load_predictor, save_predictor
 from predictor.transfer import METHODS
@@ -87,6 +87,7 @@ def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic:
     pred = load_predictor(predictor_file)
     learned = pred.metadata.get("data", {}).get("latency_statistic", "trimmed-mean")
     df = read_dataset(data, statistic or learned)
+    check_space(getattr(pred, "space", None), df, str(data))
     predicted = pred.predict_frame(df)["predicted_ms"].to_numpy()
     measured = measured_total(df)
     metrics = latency_metrics(measured, predicted)
@@ -123,6 +124,7 @@ def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out
                               "predicted_ms": pred.predict_archs(archs)})
     else:
         df = read_dataset(data)
+        check_space(getattr(pred, "space", None), df, str(data))
         table = pred.predict_frame(df)
         if "arch_id" in df.columns:
             table.insert(0, "arch_id", df["arch_id"])

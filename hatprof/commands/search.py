@@ -224,6 +224,7 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
     supernet_path = supernet_path or str(bundled_path(CHECKPOINT))
     task = SearchTask.load(supernet_path, score_sentences, bleu_sentences)
     latency = PredictedLatency.load(predictor_path, confidence)
+    latency.check_space(task.space, supernet_path)
     if confidence is not None:
         intervals_of(latency.predictor).bounds([1.0], confidence)  # fail now: no or too few scored rows
     settings = SearchSettings(strategy=strategy, iterations=iterations, population=population,
