@@ -66,12 +66,17 @@ class SearchTask:
 
 def search_and_measure(task: SearchTask, latency: PredictedLatency, limits: Sequence[float],
                        settings: SearchSettings = SearchSettings(), measure: MeasureFn | None = None,
-                       on_iteration: IterationFn | None = None) -> dict[str, Any]:
+                       on_iteration: IterationFn | None = None,
+                       on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """One search per limit, then the reference and the winners described (and measured).
 
     Returns a JSON-able record: the settings, the reference (the largest SubTransformer),
     and per limit the winner and the search's history (with its wall and CPU seconds).
     """
+    def announce(step: str) -> None:  # the BLEU of a winner takes minutes on a CPU: say so first
+        if on_step is not None:
+            on_step(step)
+
     runs = []
     for limit in limits:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -79,10 +84,12 @@ def search_and_measure(task: SearchTask, latency: PredictedLatency, limits: Sequ
                             on_iteration=None if on_iteration is None else functools.partial(on_iteration, limit))
         timing = {"elapsed_s": round(time.perf_counter() - wall, 2), "cpu_s": round(time.process_time() - cpu, 2)}
         best = result.best
+        announce(f"scoring the winner of <= {limit:g} ms: validation loss and BLEU on {len(task.test)} test sentences")
         runs.append({"latency_limit_ms": limit,
                      "winner": task.describe("winner", best.arch, best.latency_ms, best.loss),
                      "search": {**result.to_dict(), **timing}})
     largest = task.space.largest()
+    announce(f"scoring the largest SubTransformer: validation loss and BLEU on {len(task.test)} test sentences")
     reference = task.describe("largest", largest, latency([largest])[0])
     if measure is not None:
         reports = [reference] + [run["winner"] for run in runs]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,17 +51,21 @@ class _Features:
 
 
 def run_comparison(df: pd.DataFrame, models: Sequence[str] | None = None, seed: int = 0,
-                   params: Params | None = None, targets: str | None = None) -> Comparison:
+                   params: Params | None = None, targets: str | None = None,
+                   on_model: Callable[[str, int, int], None] | None = None) -> Comparison:
     """Fit each model on the 80% of HAT's seeded split; score all on the same 10% test rows.
 
-    `targets` ("auto" or "total") overrides each model's own."""
+    `targets` ("auto" or "total") overrides each model's own; `on_model(name, index, count)`
+    is told before each model is fitted (a forest or boosting takes a while)."""
     models = list(models or MODELS)
     params = params or {}
     prepared = _Features(df, targets)
     train, _, test = split_indices(len(df), seed)
     rows, predictions = [], {}
     measured = None
-    for name in models:
+    for index, name in enumerate(models):
+        if on_model is not None:
+            on_model(name, index, len(models))
         prep = prepared(name)
         measured = prep.ys["total"][test]
         start = time.perf_counter()
@@ -108,9 +112,11 @@ def learning_sizes(n_train: int) -> list[int]:
 
 def learning_curve(df: pd.DataFrame, models: Sequence[str] | None = None,
                    sizes: Sequence[int] | None = None, seed: int = 0,
-                   params: Params | None = None) -> pd.DataFrame:
+                   params: Params | None = None,
+                   on_model: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
     """Test metrics against training rows: each model is fitted on the first m rows of the
-    shuffled 80% train part (nested subsets) and scored on the fixed 10% test part."""
+    shuffled 80% train part (nested subsets) and scored on the fixed 10% test part;
+    `on_model(name, index, count)` is told before each model's fits."""
     models = list(models or MODELS)
     params = params or {}
     prepared = _Features(df)
@@ -120,7 +126,9 @@ def learning_curve(df: pd.DataFrame, models: Sequence[str] | None = None,
         raise PredictorError(f"learning-curve sizes must lie in [{MIN_ROWS}, {len(train)}], "
                              f"got {sizes}")
     rows = []
-    for name in models:
+    for index, name in enumerate(models):
+        if on_model is not None:
+            on_model(name, index, len(models))
         prep = prepared(name)
         for size in sizes:
             pred = fit_prepared(prep, train[:size], name, params.get(name), seed)

@@ -71,8 +71,14 @@ def test_search_and_measure_keeps_each_winner_within_its_limit_and_measures_it(t
         return {a.arch_id: MeasuredLatency(2.0 * latency([a])[0], a != SPACE.largest(), 0.01) for a in archs}
 
     settings = SearchSettings(strategy=strategy, iterations=2, population=6, seed=1)
+    steps = []
     record = search_and_measure(task, latency, limits, settings, measure,
-                                on_iteration=lambda limit, summary: progress.append((limit, summary["iteration"])))
+                                on_iteration=lambda limit, summary: progress.append((limit, summary["iteration"])),
+                                on_step=steps.append)
+    assert [s.split(":")[0] for s in steps] == [f"scoring the winner of <= {limits[0]:g} ms",
+                                                f"scoring the winner of <= {limits[1]:g} ms",
+                                                "scoring the largest SubTransformer"]
+    assert all(f"BLEU on {len(task.test)} test sentences" in s for s in steps)
     assert record["settings"]["strategy"] == strategy and record["latency_statistic"] == "min"
     assert progress == [(limits[0], 0), (limits[0], 1), (limits[1], 0), (limits[1], 1)]
     reference = record["reference"]

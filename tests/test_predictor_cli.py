@@ -88,9 +88,12 @@ def test_compare_prints_a_table_and_draws_a_plot(files):
     plot = files["root"] / "compare.png"
     result = invoke("compare", "--data", files["hat"], "--models", "ridge,gbt", "--plot", plot)
     assert result.exit_code == 0, result.output
-    header = result.output.splitlines()[0].split()
+    header = result.stdout.splitlines()[0].split()
     assert {"features", "mape", "within_10", "kendall_tau"} <= set(header)
     assert plot.read_bytes()[:4] == b"\x89PNG"
+    progress = [line.split(",")[0] for line in result.stderr.splitlines()]
+    assert progress == ["comparing: fitting ridge (1/2)", "comparing: fitting gbt (2/2)",
+                        "learning curve: fitting ridge (1/2)", "learning curve: fitting gbt (2/2)"]
     result = invoke("compare", "--data", files["hat"], "--models", "ridge,xgb")
     assert result.exit_code == 2 and "unknown model(s) xgb" in result.output
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import click
@@ -158,10 +159,10 @@ def compare(data: Path, models: str, plot: Path | None, statistic: str | None, s
         raise click.BadParameter(f"unknown model(s) {', '.join(unknown) or '(none)'}; "
                                  f"known: {', '.join(MODELS)}", param_hint="--models")
     df = read_dataset(data, statistic or "trimmed-mean")
-    result = run_comparison(df, names, seed)
+    result = run_comparison(df, names, seed, on_model=ModelProgress("comparing"))
     click.echo(result.table.to_string(float_format=lambda v: f"{v:.4g}"))
     if plot:
-        curve = learning_curve(df, names, seed=seed)
+        curve = learning_curve(df, names, seed=seed, on_model=ModelProgress("learning curve"))
         write_atomically(plot, lambda tmp: plot_evaluation(result, curve, str(tmp)))
         click.echo(f"plot -> {plot}")
 
@@ -171,6 +172,19 @@ def compare(data: Path, models: str, plot: Path | None, statistic: str | None, s
 #: limit and the candidates it keeps, so a winner it picks may be well over the limit on the device.
 #: HAT's own predictors reach a few percent; the reported bad adaptations were at 33-46%.
 POOR_ADAPTATION_RMSPE = 20.0
+
+class ModelProgress:
+    """One stderr line before each model is fitted, with the time so far and an estimate of
+    the time left (the mean per model so far: models differ, so it is rough)."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.start = label, time.monotonic()
+
+    def __call__(self, name: str, index: int, count: int) -> None:
+        elapsed = time.monotonic() - self.start
+        eta = f", ETA {elapsed / index * (count - index):.0f} s" if index else ""
+        click.echo(f"{self.label}: fitting {name} ({index + 1}/{count}), {elapsed:.0f} s elapsed{eta}", err=True)
+
 
 base_option = click.option("--base", type=_csv, required=True, multiple=True,
                            help="Predictor of another device (repeat for several bases).")

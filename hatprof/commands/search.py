@@ -232,7 +232,8 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
     with measuring(measure_device, measure_runs, task.net, out.with_suffix(".measured.csv"),
                     latency.statistic) as measure:
         record = search_and_measure(task, latency, limits, settings, measure,
-                                    on_iteration=SearchProgress(len(limits), iterations))
+                                    on_iteration=SearchProgress(len(limits), iterations),
+                                    on_step=lambda step: click.echo(f"{step}...", err=True))
     payload = {"supernet": str(supernet_path), "predictor": str(predictor_path), "seed": seed,
                "threads": threads, **record}
     write_atomically(out, json.dumps(payload, indent=2) + "\n")
