@@ -7,9 +7,11 @@ For each latency statistic (HAT's trimmed mean, and the minimum):
 4. run the default evolutionary search (HAT's 30 x 125) per seed, timed;
 5. measure each winner the same way, and check it against the limit plus 5%.
 The winners' validation loss and BLEU are reported next to the largest SubTransformer's.
-Writes benchmarks/results/search_e2e.json.
+With `--busy`, a busy-loop process keeps each CPU the measurements are not pinned to busy
+all along (the search then shares the machine with it too), and the measured latencies say
+whether they converged. Writes benchmarks/results/search_e2e.json.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_e2e.py [--seeds 0,1] [--statistics min]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_e2e.py [--seeds 0,1] [--statistics min] [--busy]
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from _load import busy_loops
 from nas.experiment import SearchTask, search_and_measure
 from nas.latency import PredictedLatency
 from nas.measured import measure_inherited
@@ -47,6 +50,46 @@ def _quality(report: dict) -> dict:
             "test_bleu": report["test_bleu"]}
 
 
+def _statistic_run(args: argparse.Namespace, statistic: str, task: SearchTask, target: WorkerTarget,
+                   protocol: TimingProtocol, work: Path) -> dict:
+    """Steps 1-5 with `statistic` as the predictor's label and the measured latencies."""
+    largest = task.space.largest()
+    latency = PredictedLatency(train_predictor(read_dataset(args.data, statistic)))
+    csv = work / f"measured_{statistic}.csv"
+
+    def measure(archs, csv=csv, statistic=statistic):
+        return measure_inherited(task.net, archs, target, protocol, csv, "local", statistic)
+
+    largest_ms = measure([largest])[largest.arch_id].latency_ms
+    limit = args.limit_fraction * largest_ms
+    log.info("%s: largest measured %.2f ms, limit %.2f ms", statistic, largest_ms, limit)
+    winners, largest_quality = [], {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        settings = SearchSettings(iterations=args.iterations, population=args.population, seed=seed)
+        record = search_and_measure(task, latency, [limit], settings, measure)
+        largest_quality = _quality(record["reference"])
+        run = record["runs"][0]
+        best, search = run["winner"], run["search"]
+        measured_ms = best["measured_latency_ms"]
+        winners.append({
+            "seed": seed, "arch_id": best["arch_id"], "arch": best["arch"],
+            "predicted_ms": best["predicted_latency_ms"], "measured_ms": measured_ms,
+            "measured_trusted": best["measured_trusted"], "measured_interval": best["measured_interval"],
+            "within_limit_plus_5pct": measured_ms <= limit * (1 + TOLERANCE),
+            "speedup_vs_largest": largest_ms / measured_ms, **_quality(best),
+            "search": {"evaluated": search["evaluated"], "proposed": search["proposed"],
+                       "rejected": search["rejected"], "elapsed_s": round(search["elapsed_s"], 1),
+                       "cpu_s": round(search["cpu_s"], 1),
+                       "best_loss_by_iteration": [i["best_loss"] for i in search["iterations"]]}})
+        log.info("%s seed %d: winner %.2f ms measured (%.2f predicted), limit %.2f; loss %.4f vs %.4f; "
+                 "search %.0f s", statistic, seed, measured_ms, best["predicted_latency_ms"], limit,
+                 winners[-1]["valid_loss"], largest_quality["valid_loss"], search["elapsed_s"])
+    return {"statistic": statistic, "predictor": latency.predictor.model,
+            "predictor_holdout": latency.predictor.metadata["metrics"]["holdout"],
+            "largest_measured_ms": largest_ms, "largest_predicted_ms": latency([largest])[0],
+            "largest_quality": largest_quality, "latency_limit_ms": limit, "winners": winners}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supernet", default=str(bundled_path(CHECKPOINT)))
@@ -59,6 +102,9 @@ def main() -> None:
     parser.add_argument("--score-sentences", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the search")
     parser.add_argument("--cpus", default="1", help="CPUs the measurements are pinned to")
+    parser.add_argument("--busy", action="store_true",
+                        help="keep another process busy all along: a busy loop on each CPU the measurements "
+                             "are not pinned to")
     parser.add_argument("--work", default=None, help="folder for the measured CSVs (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -73,45 +119,15 @@ def main() -> None:
     largest = space.largest()
     protocol = TimingProtocol()
     target = WorkerTarget(threads=protocol.threads, cpus=cpus)
-    runs, largest_quality = [], {}
+    busy_cpus = sorted(set(os.sched_getaffinity(0)) - cpus) if args.busy else []
+    load_before = os.getloadavg()
     try:
-        for statistic in args.statistics.split(","):
-            latency = PredictedLatency(train_predictor(read_dataset(args.data, statistic)))
-            csv = work / f"measured_{statistic}.csv"
-
-            def measure(archs, csv=csv, statistic=statistic):
-                return measure_inherited(task.net, archs, target, protocol, csv, "local", statistic)
-
-            largest_ms = measure([largest])[largest.arch_id].latency_ms
-            limit = args.limit_fraction * largest_ms
-            log.info("%s: largest measured %.2f ms, limit %.2f ms", statistic, largest_ms, limit)
-            winners = []
-            for seed in (int(s) for s in args.seeds.split(",")):
-                settings = SearchSettings(iterations=args.iterations, population=args.population, seed=seed)
-                record = search_and_measure(task, latency, [limit], settings, measure)
-                largest_quality = _quality(record["reference"])
-                run = record["runs"][0]
-                best, search = run["winner"], run["search"]
-                measured_ms = best["measured_latency_ms"]
-                winners.append({
-                    "seed": seed, "arch_id": best["arch_id"], "arch": best["arch"],
-                    "predicted_ms": best["predicted_latency_ms"], "measured_ms": measured_ms,
-                    "measured_trusted": best["measured_trusted"], "measured_interval": best["measured_interval"],
-                    "within_limit_plus_5pct": measured_ms <= limit * (1 + TOLERANCE),
-                    "speedup_vs_largest": largest_ms / measured_ms, **_quality(best),
-                    "search": {"evaluated": search["evaluated"], "proposed": search["proposed"],
-                               "rejected": search["rejected"], "elapsed_s": round(search["elapsed_s"], 1),
-                               "cpu_s": round(search["cpu_s"], 1),
-                               "best_loss_by_iteration": [i["best_loss"] for i in search["iterations"]]}})
-                log.info("%s seed %d: winner %.2f ms measured (%.2f predicted), limit %.2f; loss %.4f vs %.4f; "
-                         "search %.0f s", statistic, seed, measured_ms, best["predicted_latency_ms"], limit,
-                         winners[-1]["valid_loss"], largest_quality["valid_loss"], search["elapsed_s"])
-            runs.append({"statistic": statistic, "predictor": latency.predictor.model,
-                         "predictor_holdout": latency.predictor.metadata["metrics"]["holdout"],
-                         "largest_measured_ms": largest_ms, "largest_predicted_ms": latency([largest])[0],
-                         "latency_limit_ms": limit, "winners": winners})
+        with busy_loops(busy_cpus):
+            runs = [_statistic_run(args, statistic, task, target, protocol, work) for statistic in
+                    args.statistics.split(",")]
     finally:
         target.close()
+
 
     payload = {
         "what": "end-to-end HAT search: limit = fraction x measured latency of the largest SubTransformer; "
@@ -121,7 +137,9 @@ def main() -> None:
         "budget": {"iterations": args.iterations, "population": args.population,
                    "score_sentences": args.score_sentences, "torch_threads": args.threads},
         "protocol": protocol.to_dict(),
-        "measure_cpus": sorted(cpus), "largest": {"arch_id": largest.arch_id, **largest_quality},
+        "measure_cpus": sorted(cpus), "busy_loops_on_cpus": busy_cpus,
+        "load_before": load_before, "load_after": os.getloadavg(),
+        "largest": {"arch_id": largest.arch_id, **runs[0]["largest_quality"]},
         "runs": runs,
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

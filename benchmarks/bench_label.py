@@ -19,7 +19,6 @@ when nothing else runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -30,23 +29,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from _load import busy_loops
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = {"converging": [], "fixed": ["--fixed"]}
-
-
-@contextlib.contextmanager
-def hog(cpu: int | None):
-    """A pure-Python busy loop pinned to `cpu` for the duration (nothing when `cpu` is None)."""
-    if cpu is None:
-        yield
-        return
-    process = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\n"
-                                                      "while True: pass"])
-    try:
-        yield
-    finally:
-        process.kill()
-        process.wait()
 
 
 def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
@@ -87,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for condition in args.conditions.split(","):
             runs: dict[str, list[dict]] = {name: [] for name in PROTOCOLS}
-            with hog(hog_cpu if condition == "hog" else None):
+            with busy_loops([hog_cpu] if condition == "hog" and hog_cpu is not None else []):
                 for repeat in range(args.repeats):
                     for name, extra in PROTOCOLS.items():
                         runs[name].append(measure_once(args, extra, Path(tmp) / f"{condition}-{name}-{repeat}.csv"))

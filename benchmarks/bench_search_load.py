@@ -18,13 +18,12 @@ import json
 import logging
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from _load import busy_loops
 from nas.experiment import SearchTask
 from nas.evolution import make_strategy
 from nas.latency import PredictedLatency
@@ -68,13 +67,8 @@ def main() -> None:
     load_before = os.getloadavg()
     quiet = _timed_search(task, latency, limit, settings)
     log.info("quiet: %.1f s", quiet["elapsed_s"])
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
-    try:
+    with busy_loops([None] * args.hogs):
         loaded = _timed_search(task, latency, limit, settings)
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     log.info("beside %d hog(s): %.1f s", args.hogs, loaded["elapsed_s"])
     ratio = loaded["elapsed_s"] / quiet["elapsed_s"]
     payload = {
