@@ -1,10 +1,12 @@
 """Measure architectures on a target and write their dataset rows.
 
-Rounds are interleaved over small groups of architectures: every architecture of a
-group is timed in round 1, then all again in round 2, and so on, so slow drift of the
-machine (other load, frequency, temperature) hits the group alike instead of biasing
-whichever architecture happened to run during it. A row is written as soon as its
-group finishes, so a kill loses at most one group (`interleave` rows, default 4).
+Rounds are interleaved over small groups of architectures: every unfinished architecture
+of a group gets one round per pass, in a fresh seeded random order after the first pass,
+so slow drift of the machine (other load, frequency, temperature) hits the group alike
+instead of biasing whichever architecture happened to run during it. Passes go on until
+every architecture's label has converged or spent its budget (`profiler.convergence`
+judges the rounds; HAT's fixed protocol stops after its rounds). A row is written as soon
+as its group finishes, so a kill loses at most one group (`interleave` rows, default 4).
 
 A failure of one architecture (an export or runner error, an agent that gave up)
 becomes a result with an error code, never an aborted batch.

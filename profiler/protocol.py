@@ -4,8 +4,10 @@ HAT's protocol (latency_dataset.py): a few untimed warm-up runs, then `runs` tim
 runs; sort; drop the fastest and the slowest `trim` fraction; the mean of the
 middle is the latency and its (population) standard deviation is reported beside
 it. hatprof keeps that number, but splits the runs into `rounds` blocks (so slow
-drift on a shared machine shows up as a spread across rounds), keeps every raw
-sample, and records how much CPU other processes took from the timed CPUs.
+drift on a shared machine shows up as a spread across rounds), times a fixed
+reference kernel (the `Canary`) between the runs, keeps every raw sample, and records
+how much CPU other processes took from the timed CPUs. Which rounds and runs a label
+is made of, and when it has converged, is `profiler.convergence`'s to judge.
 
 This module runs on the device side too, so it imports only numpy and the
 standard library: never torch, pandas or scikit-learn.
