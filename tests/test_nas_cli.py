@@ -31,6 +31,7 @@ def checkpoint(tmp_path_factory):
     result = CliRunner().invoke(supernet, ["train", "--space", str(space_file), "--steps", "4", "--train-size",
                                            "300", "--out", str(out), "--threads", "1"])
     assert result.exit_code == 0, result.output
+    assert "validating the largest and smallest SubTransformers on" in result.stderr  # announced, not silent
     return out
 
 
