@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import PredictorError
-from profiler.space import ArchConfig
+from profiler.space import ArchConfig, DesignSpace
 
 from predictor import data as _data
 from predictor import features as _features
@@ -86,6 +86,11 @@ class TransferPredictor:
     own: LatencyPredictor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     intervals: Conformal | None = None
+
+    @property
+    def space(self) -> DesignSpace | None:
+        """The bases' design space: an adapted predictor predicts the architectures they do."""
+        return self.bases[0].space
 
     @property
     def base(self) -> LatencyPredictor:

@@ -188,6 +188,7 @@ def test_adapt_flags_a_predictor_whose_own_leave_one_out_error_is_large(files):
     result = invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", good)
     assert result.exit_code == 0 and "poorly adapted" not in result.output and not result.output.startswith("!")
     assert load_predictor(good).metadata["poorly_adapted"] is False
+    assert load_predictor(good).space == load_predictor(files["model"]).space == load_space("compact")  # spaces travel
     noisy = pd.read_csv(files["pi_few"])
     factor = np.random.default_rng(5).uniform(0.3, 3.0, len(noisy))  # rows no predictor can follow
     for column in [c for c in noisy.columns if c.startswith("latency")]:
