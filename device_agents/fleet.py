@@ -252,6 +252,9 @@ class _DeviceRun:
             self.progress(silent)
 
     def _record(self, results: Iterable[ArchResult]) -> None:
+        results = list(results)
+        if not results:  # nothing new: no progress line that repeats the last one
+            return
         with self._lock:
             for result in results:
                 if result.ok:

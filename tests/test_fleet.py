@@ -90,6 +90,8 @@ def test_collect_pairs_devices_and_resumes_without_remeasuring(tmp_path, agents)
         == {"pair", os.uname().nodename}
     assert progress[-1].device in ("pair", "single") and any(p.done == 5 for p in progress)
     for name in ("pair", "single"):  # the last line of each device counts every row by its kind, and has an ETA
+        states = [(p.done, p.failed, p.kinds, p.agents_live, p.silent) for p in progress if p.device == name]
+        assert all(a != b for a, b in zip(states, states[1:])), states  # nothing said twice in a row
         last = [p for p in progress if p.device == name][-1]
         assert sum(last.kinds.values()) == 5 and last.kinds == reports[name].kinds
         assert last.eta_s == 0 and "ETA 0:00" in last.line() and "unstable" in last.line()
