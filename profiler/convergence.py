@@ -7,8 +7,8 @@ is disturbed when
 - `contention`: other processes took more than `OTHER_CPU_LIMIT` of the timed CPUs;
 - `canary`: less than half of its runs are clean. The reference kernel (the canary) is timed
   before, between every `canary_every` runs and after them; the runs between two canaries
-  are clean when neither canary ran more than `CANARY_LIMIT` slower than the fastest canary
-  this session has seen. Runs that are not clean are left out of the label even in an
+  are clean when neither canary ran more than `CANARY_LIMIT` slower than the session's
+  typical (median) canary. Runs that are not clean are left out of the label even in an
   accepted round: the canary is independent of the model, so choosing runs by it judges the
   machine, not the architecture, and a burst of a few hundred milliseconds costs only the
   runs it touched;
@@ -27,15 +27,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from profiler.protocol import OTHER_CPU_LIMIT, Measurement, RoundResult, TimingProtocol, trimmed_mean
 from profiler.target import RoundPair
 
-#: Runs next to a canary this much slower than the session's fastest are not clean.
-CANARY_LIMIT = 0.15
+#: Runs next to a canary this much slower than the session's typical (median) canary are not clean.
+CANARY_LIMIT = 0.25
 #: A round with less than this share of clean runs (in either part) is discarded whole.
 MIN_CLEAN_SHARE = 0.5
 #: Round totals within this relative distance of the median are never outliers.
@@ -106,16 +106,19 @@ def outliers(totals: Sequence[float]) -> set[int]:
 
 
 class CanaryReference:
-    """The fastest canary run seen in a measuring session: the machine at its quietest."""
+    """The canary's typical time in a measuring session: the median of its last `window` runs. A
+    canary well above it marks a disturbed stretch; judging against the typical time rather
+    than the fastest keeps a machine's ordinary jitter from discarding everything."""
 
-    def __init__(self) -> None:
-        self.fastest_ns: int | None = None
+    def __init__(self, window: int = 2000) -> None:
+        self._samples: deque[int] = deque(maxlen=window)
+
+    @property
+    def typical_ns(self) -> float | None:
+        return statistics.median(self._samples) if self._samples else None
 
     def update(self, pair: RoundPair) -> None:
-        samples = pair.encoder.canary_ns + pair.decoder.canary_ns
-        if samples:
-            fastest = min(samples)
-            self.fastest_ns = fastest if self.fastest_ns is None else min(self.fastest_ns, fastest)
+        self._samples.extend(pair.encoder.canary_ns + pair.decoder.canary_ns)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class ArchRounds:
 
     def judged(self) -> list[JudgedRound]:
         p = self.protocol
-        reference = self.reference.fastest_ns if p.converging else None
+        reference = self.reference.typical_ns if p.converging else None
         rounds = []
         for pair in self.pairs:
             masks = {part: clean_runs(getattr(pair, part), p.canary_every, reference) for part in PARTS}

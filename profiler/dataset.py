@@ -297,7 +297,7 @@ class RowQuality:
 def _statistics(encoder: Measurement, decoder: Measurement, converged: bool | None = None) -> dict[str, Any]:
     """Every statistic column of a row, from the two measurements alone (and, for a converging
     measurement, whether it converged: then `unstable` means it did not)."""
-    if encoder.round_sizes != decoder.round_sizes:
+    if len(encoder.round_sizes) != len(decoder.round_sizes):  # a round may keep more runs of one part
         raise DatasetError(f"encoder and decoder were timed in different rounds "
                            f"({list(encoder.round_sizes)} vs {list(decoder.round_sizes)})")
     total_rounds = [e + d for e, d in zip(encoder.round_trimmed_means_ms, decoder.round_trimmed_means_ms)]
@@ -353,6 +353,7 @@ def row_from_measurement(arch: ArchConfig, space: DesignSpace, settings: Mapping
         "encoder_ms": [s / _NS_PER_MS for s in encoder.samples_ns],
         "decoder_ms": [s / _NS_PER_MS for s in decoder.samples_ns],
         "round_sizes": list(encoder.round_sizes),
+        "decoder_round_sizes": list(decoder.round_sizes),
         "other_cpu": {"encoder": list(encoder.other_cpu), "decoder": list(decoder.other_cpu)},
         "converged": quality.converged,
         "discarded_rounds": list(quality.discarded_rounds),
@@ -372,7 +373,7 @@ def recompute_from_raw(raw_line: str | Mapping[str, Any], trim: float) -> dict[s
         for part in ("encoder", "decoder"):
             parts.append(Measurement(
                 samples_ns=tuple(round(ms * _NS_PER_MS) for ms in raw[f"{part}_ms"]),
-                round_sizes=tuple(raw["round_sizes"]),
+                round_sizes=tuple(raw.get(f"{part}_round_sizes") or raw["round_sizes"]),
                 other_cpu=tuple(raw["other_cpu"][part]),
                 trim=trim,
             ))

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol as TypingProtocol
 from profiler.errors import ProtocolError
 from profiler.gate import ThermalGate
 from profiler.metadata import collect_environment, current_affinity, default_cpus, pin_process, snapshot
-from profiler.protocol import Canary, RoundResult, RoundSpec, time_round
+from profiler.protocol import RoundResult, RoundSpec, time_round
 from profiler.workload import Runner, open_runner
 
 
@@ -78,7 +78,6 @@ class LocalTarget:
                  clock: Callable[[], int] = time.perf_counter_ns, sysfs_root: str | Path = "/"):
         self.threads = threads
         self._sysfs_root = sysfs_root
-        self._canary = Canary()
         self._previous_cpus = current_affinity()
         self.cpus = pin_process(set(cpus) if cpus else default_cpus(threads))
         self.max_open = max_open
@@ -96,10 +95,8 @@ class LocalTarget:
         runner = self._runner(Path(artifact_dir), fmt, spec.seq_len, spec.beam)
         gate = ThermalGate(self.cpus, spec.max_temp_c, spec.cooldown_s, root=self._sysfs_root).wait()
         before = snapshot(self.cpus)
-        encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock,
-                             canary_every=spec.canary_every, reference=self._canary)
-        decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock,
-                             canary_every=spec.canary_every, reference=self._canary)
+        encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)
+        decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)
         return RoundPair(encoder, decoder, before, snapshot(self.cpus), gate)
 
     def _runner(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int) -> Runner:

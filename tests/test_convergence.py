@@ -50,7 +50,7 @@ def test_a_round_is_disturbed_by_contention_or_heat():
 
 def test_runs_are_clean_when_both_canaries_around_them_are():
     # 10 runs, a canary before run 0, 3, 6, 9 and after the last: 5 canaries, the third slow
-    result = RoundResult(tuple(range(10)), 0.0, (1000, 1010, 1200, 1000, 1000))
+    result = RoundResult(tuple(range(10)), 0.0, (1000, 1010, 1300, 1000, 1000))
     assert clean_runs(result, 3, 1000) == [True] * 3 + [False] * 6 + [True]
     limit = int(1000 * (1 + CANARY_LIMIT))
     assert clean_runs(RoundResult((1, 2), 0.0, (limit, limit)), 3, 1000) == [True, True]
@@ -80,12 +80,14 @@ def test_outliers_need_four_rounds_and_are_judged_on_both_sides():
     assert outliers([10.0, 10.1, 9.9, 10.05, 10.15]) == set()  # within the 2% floor
 
 
-def test_the_canary_reference_is_the_fastest_seen():
-    reference = CanaryReference()
+def test_the_canary_reference_is_the_typical_canary_of_the_session():
+    reference = CanaryReference(window=12)  # a pair holds 6 canary runs
+    assert reference.typical_ns is None
     reference.update(pair(10, canary_ns=1200))
     reference.update(pair(10, canary_ns=900))
-    reference.update(pair(10, canary_ns=1500))
-    assert reference.fastest_ns == 900
+    assert reference.typical_ns == 1050  # the median of 6 x 1200 and 6 x 900
+    reference.update(pair(10, canary_ns=1500))  # the window keeps the last 12: 6 x 900, 6 x 1500
+    assert reference.typical_ns == 1200
 
 
 def test_a_label_converges_when_enough_clean_rounds_agree():
