@@ -223,3 +223,12 @@ def test_a_predictor_of_another_space_is_refused_naming_both_spaces_and_the_fix(
     code, _, err = run(["predictor", "predict", "--predictor", predictor_file, "--data", work / "other_digest.csv"],
                        capsys)
     assert code == 1 and "whose content differs" in err
+
+
+def test_demo_refuses_an_output_folder_it_cannot_create_before_any_work(work, capsys):
+    bad = _unwritable(work, "demo-out")  # a folder under a regular file
+    before = _files(work)
+    code, out, err = run(["demo", "--out", bad], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--out" in lines[0] and "blocker" in lines[0], err
+    assert "measuring" not in out and _files(work) == before

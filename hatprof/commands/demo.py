@@ -16,6 +16,8 @@ import click
 from hatprof.devices import open_device, run_measure
 from hatprof.options import protocol_options
 from profiler.bundled import CHECKPOINT, DATASET, bundled_path
+from profiler.errors import HatprofError
+from profiler.files import check_writable
 from profiler.measure import MeasureJob
 from profiler.protocol import TimingProtocol
 from profiler.space import load_space
@@ -44,6 +46,10 @@ def demo(ctx: click.Context, out: Path, samples: int, iterations: int, populatio
     from nas.search import SearchSettings
 
     space = load_space("compact")
+    try:  # before any work: a demo that cannot write its files fails now, in one line
+        check_writable(out / "search.json")
+    except HatprofError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "local.csv"
     click.echo(f"1/4 measuring {samples} compact SubTransformers on this machine")
