@@ -30,6 +30,8 @@ from pathlib import Path
 import pandas as pd
 
 from _load import busy_loops
+from profiler.dataset import raw_path_for
+from profiler.protocol import trimmed_mean
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = {"converging": [], "fixed": ["--fixed"]}
@@ -40,11 +42,28 @@ def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
                "--samples", "1", "--seed", str(args.seed), "--out", str(out), *extra]
     subprocess.run(command, check=True, capture_output=True, text=True)
     row = pd.read_csv(out).iloc[0]
+    raw = json.loads(raw_path_for(out).read_text())
+    canaries = [c for r in raw["environment"]["rounds"] for part in r["canary_ns"].values() for c in part]
     return {"latency_ms": float(row["latency_ms"]), "latency_min_ms": float(row["latency_min_ms"]),
             "unstable": bool(row["unstable"]), "interval": float(row["interval"]),
             "rounds_used": int(row["rounds_used"]), "rounds_discarded": int(row["rounds_discarded"]),
             "discarded_why": "" if pd.isna(row["discarded_why"]) else str(row["discarded_why"]),
-            "device_s": float(row["device_s"])}
+            "device_s": float(row["device_s"]),
+            # how the machine behaved: each label round's total, and the canary's median over its fastest
+            "round_totals_ms": _round_totals_ms(raw),
+            "canary_median_over_min": statistics.median(canaries) / min(canaries) if canaries else None}
+
+
+def _round_totals_ms(raw: dict) -> list[float]:
+    """The encoder + decoder trimmed mean of each round the label is made of (from the sidecar)."""
+    totals = []
+    for part, sizes_key in (("encoder", "round_sizes"), ("decoder", "decoder_round_sizes")):
+        samples, start, means = raw[f"{part}_ms"], 0, []
+        for size in raw.get(sizes_key) or raw["round_sizes"]:
+            means.append(trimmed_mean(samples[start:start + size], 0.1))
+            start += size
+        totals = [t + m for t, m in zip(totals, means)] if totals else means
+    return totals
 
 
 def summarise(rows: list[dict]) -> dict:
