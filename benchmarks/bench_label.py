@@ -30,8 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from _load import busy_loops
-from profiler.dataset import raw_path_for
-from profiler.protocol import trimmed_mean
+from profiler.dataset import measurements_from_raw, raw_path_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = {"converging": [], "fixed": ["--fixed"]}
@@ -50,20 +49,14 @@ def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
             "discarded_why": "" if pd.isna(row["discarded_why"]) else str(row["discarded_why"]),
             "device_s": float(row["device_s"]),
             # how the machine behaved: each label round's total, and the canary's median over its fastest
-            "round_totals_ms": _round_totals_ms(raw),
+            "round_totals_ms": _round_totals_ms(raw, float(row["trim"])),
             "canary_median_over_min": statistics.median(canaries) / min(canaries) if canaries else None}
 
 
-def _round_totals_ms(raw: dict) -> list[float]:
+def _round_totals_ms(raw: dict, trim: float) -> list[float]:
     """The encoder + decoder trimmed mean of each round the label is made of (from the sidecar)."""
-    totals = []
-    for part, sizes_key in (("encoder", "round_sizes"), ("decoder", "decoder_round_sizes")):
-        samples, start, means = raw[f"{part}_ms"], 0, []
-        for size in raw.get(sizes_key) or raw["round_sizes"]:
-            means.append(trimmed_mean(samples[start:start + size], 0.1))
-            start += size
-        totals = [t + m for t, m in zip(totals, means)] if totals else means
-    return totals
+    encoder, decoder = measurements_from_raw(raw, trim)
+    return [e + d for e, d in zip(encoder.round_trimmed_means_ms, decoder.round_trimmed_means_ms)]
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -34,7 +34,7 @@ from device_agents.inventory import Inventory
 from profiler.artifacts import get_artifact
 from profiler.dataset import DatasetWriter
 from profiler.errors import DeviceError, ErrorCode, HatprofError
-from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset, row_kind
+from profiler.measure import ROW_KINDS, ArchResult, MeasureJob, measure_archs, open_dataset, row_kind
 from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig
 from profiler.target import MeasureTarget
@@ -89,7 +89,7 @@ class DeviceReport:
     total: int
     already: int = 0
     measured: int = 0
-    kinds: dict[str, int] = field(default_factory=lambda: {"clean": 0, "re-measured": 0, "unstable": 0})
+    kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROW_KINDS, 0))
     failed: list[ArchResult] = field(default_factory=list)
     lost_agents: list[str] = field(default_factory=list)
 

@@ -15,7 +15,7 @@ import click
 
 from profiler.convergence import ArchRounds
 from profiler.errors import HatprofError
-from profiler.measure import ArchResult, MeasureJob, measure_archs, open_dataset, row_kind
+from profiler.measure import ROW_KINDS, ArchResult, MeasureJob, measure_archs, open_dataset, row_kind
 from profiler.protocol import TimingProtocol
 from profiler.space import ArchConfig
 from profiler.target import MeasureTarget
@@ -55,7 +55,7 @@ class MeasureProgress:
     def __init__(self, bar, planned_rounds: int) -> None:
         self.bar, self.planned = bar, planned_rounds
         self.rounds: dict[str, int] = {}
-        self.counts = {"clean": 0, "re-measured": 0, "unstable": 0, "failed": 0}
+        self.counts = dict.fromkeys((*ROW_KINDS, "failed"), 0)
 
     def status(self) -> str:
         return "  ".join(f"{k} {v}" for k, v in self.counts.items() if v or k != "failed")

@@ -362,27 +362,29 @@ def row_from_measurement(arch: ArchConfig, space: DesignSpace, settings: Mapping
     return {c: row[c] for c in COLUMNS}, raw
 
 
-def recompute_from_raw(raw_line: str | Mapping[str, Any], trim: float) -> dict[str, Any]:
-    """The statistic columns of a row, recomputed from its raw-samples line.
+def measurements_from_raw(raw_line: str | Mapping[str, Any], trim: float) -> tuple[Measurement, Measurement]:
+    """The encoder and decoder measurements of a row's label, rebuilt from its raw-samples line.
 
     Samples are stored in ms; ns/1e6 as a double maps back to the same integer ns exactly.
     """
     try:
         raw = json.loads(raw_line) if isinstance(raw_line, str) else raw_line
-        parts = []
-        for part in ("encoder", "decoder"):
-            parts.append(Measurement(
-                samples_ns=tuple(round(ms * _NS_PER_MS) for ms in raw[f"{part}_ms"]),
-                round_sizes=tuple(raw.get(f"{part}_round_sizes") or raw["round_sizes"]),
-                other_cpu=tuple(raw["other_cpu"][part]),
-                trim=trim,
-            ))
-        converged = raw.get("converged")
+        return tuple(Measurement(  # type: ignore[return-value]
+            samples_ns=tuple(round(ms * _NS_PER_MS) for ms in raw[f"{part}_ms"]),
+            round_sizes=tuple(raw.get(f"{part}_round_sizes") or raw["round_sizes"]),
+            other_cpu=tuple(raw["other_cpu"][part]),
+            trim=trim,
+        ) for part in ("encoder", "decoder"))
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"malformed raw-samples line: {exc}") from None
     except HatprofError as exc:
         raise DatasetError(f"inconsistent raw-samples line: {exc}") from None
-    return _statistics(*parts, converged)
+
+
+def recompute_from_raw(raw_line: str | Mapping[str, Any], trim: float) -> dict[str, Any]:
+    """The statistic columns of a row, recomputed from its raw-samples line."""
+    raw = json.loads(raw_line) if isinstance(raw_line, str) else raw_line
+    return _statistics(*measurements_from_raw(raw, trim), raw.get("converged"))
 
 
 #: Which latency a row states: HAT's trimmed mean (as written), or one recomputed from the raw samples.

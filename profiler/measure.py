@@ -192,8 +192,12 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
     return results
 
 
+#: How a row's label was reached, in a word (`row_kind`).
+ROW_KINDS = ("clean", "re-measured", "unstable")
+
+
 def row_kind(row: dict[str, Any]) -> str:
-    """How a row's label was reached, in a word: clean, re-measured (rounds or runs discarded), unstable."""
+    """How a row's label was reached: clean, re-measured (rounds discarded), unstable (did not converge)."""
     if row["unstable"]:
         return "unstable"
     return "re-measured" if row["rounds_discarded"] else "clean"

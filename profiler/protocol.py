@@ -241,8 +241,8 @@ def canary() -> int:
     50 µs on a desktop core). It uses no library, no thread pool and next to no memory, so its
     time moves with the CPU it runs on (shared with other processes, a lower clock, a host
     that slows the VM), not with the cache the model's runs leave behind. (A variant that also
-    summed a 2 MB buffer ran 1.4x its own fastest time in a typical round on this VM, after
-    the model's runs had taken the cache: it judged the model, not the machine.)"""
+    summed a 2 MB buffer, whose time then depended on what the model's runs had left in the
+    cache, judged the model rather than the machine.)"""
     total = 0
     for i in range(2000):
         total += i * i
