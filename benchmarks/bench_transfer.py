@@ -10,8 +10,8 @@ base device. Each draw splits the new device's rows as HAT does (seeded 80/10/10
 are taken from the 80% (1,600 of 2,000), suggested (`predictor.suggest`, from features
 only) or at random; the adapted predictor, the default model on the same k rows alone,
 and the default model on all 80% are scored on the other 20% (400 rows). Reported per
-pair and k: MAPE, share within +-10%, Kendall's tau, the chosen corrections, and the
-coverage of the adapted predictor's 90% intervals. Writes `results/transfer_hat.json`
+pair and k: MAPE, share within +-10%, Kendall's tau, the candidates' mean stacking weights,
+and the coverage of the adapted predictor's 90% intervals. Writes `results/transfer_hat.json`
 and one figure, `results/transfer_hat.png` (predicted vs measured, base / adapted / alone).
 
 `bundled`: the README's transfer table on the bundled data (ONNX Runtime -> TorchScript on
@@ -74,7 +74,7 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
     y = prep.ys["total"]
     base_predicted = base.predict_frame(new)["predicted_ms"].to_numpy()
     runs: dict = {"reference": [], "base": []}
-    chosen: dict = {}
+    weights: dict = {}
     plot = None
     for draw in range(draws):
         pool, validation, test = split_indices(len(new), draw)
@@ -99,14 +99,14 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                 alone_predicted = fit_prepared(prep, few, DEFAULT_MODEL).predict_parts(prep.X[held])["total"]
                 runs.setdefault(f"adapted/{rows}/{k}", []).append(metrics)
                 runs.setdefault(f"alone/{rows}/{k}", []).append(latency_metrics(y[held], alone_predicted))
-                key = f"{rows}/{k}"
-                chosen.setdefault(key, {})
-                chosen[key][adapted.method] = chosen[key].get(adapted.method, 0) + 1
+                shares = weights.setdefault(f"{rows}/{k}", {})
+                for name, w in adapted.metadata["weights"].items():
+                    shares[name] = shares.get(name, 0.0) + w / draws
                 if keep_plot and draw == 0 and rows == "suggested" and k == 20:
                     plot = {"measured": y[held], "base": base_predicted[held], "adapted": predicted,
                             "alone": alone_predicted}
     out = {name: _mean_metrics(r) for name, r in runs.items()}
-    out["methods_chosen"] = chosen
+    out["mean_weights"] = weights
     return {"summary": out, "plot": plot}
 
 

@@ -1,29 +1,30 @@
 """Predictors for new hardware from a few measured rows plus other devices' predictors.
 
 Latency on a new device is, to a first approximation, a base device's latency times a
-factor, part by part; what differs beyond that is learnt from the k measured rows. Per
-target (encoder and decoder, or the total), in least squared relative error:
+factor, part by part, plus what the base does not scale with; on any device the cost
+terms of each part (a fixed cost per layer: kernel launches and dispatch; layers x width;
+layers x width x FFN, the MACs) carry most of it. Per target (encoder and decoder, or the
+total), in least squared relative error, on the "hat-cost" features x:
 
 - "ratio": `new = s * base`;
 - "linear": `new = s * base + c`;
-- "shrink": `new = s * base + c + d . x`, a ridge regression on the predictor's features
-  whose coefficients are shrunk toward the rescaled base's (for a linear base, toward
-  `s * w_base`: an empirical-Bayes / hierarchical prior), the strength chosen by
-  leave-one-out on the k rows; from "linear" (strong prior) to a model of its own;
-- "augment": the default model's ridge with the base's prediction as one more feature,
-  penalised like the others (close to "alone" when the base says little);
+- "shrink": `new = s * base + c + d . x`, a ridge regression whose coefficients are
+  shrunk toward the rescaled base's (an empirical-Bayes / hierarchical prior), the
+  strength chosen by leave-one-out on the k rows; from "linear" to a model of its own;
+- "costs": the default ridge with the cost terms left unpenalised (no base);
+- "linear-costs": `new = s * base + c + e . costs`, nothing penalised;
+- "shrink-costs": "shrink" with the cost terms unpenalised;
 - "alone": the default model fitted on the k rows alone, exactly as `predictor train`
-  fits it, so that adapting never has to lose to starting over.
+  fits it.
 
-With several bases, each kind is tried on each base, and "shrink" and "augment" also on
-all of them at once. `method="auto"` keeps the candidate with the lowest leave-one-out
-RMSPE of the total latency on the k rows, except that the k rows alone are kept unless
-another candidate beats them by more than one standard error (per-row paired
-differences): adapting then loses to starting over only by chance, never by a choice
-made on noise. The choice sees the k rows only.
+With several bases, each kind that uses one is tried on each base, and the "shrink"
+kinds also on all of them at once. `method="auto"` combines every candidate instead of
+choosing one: stacking (Breiman 1996), the non-negative weights, normalised to sum to 1,
+that minimise the squared relative error of the candidates' leave-one-out predictions of
+the total latency. It nests "alone" (weight 1), so no discrete choice is made on noise;
+all candidates are linear in the bases and x, so the result is one correction.
 The adapted predictor's intervals (`predictor.conformal`) come from a second, outer
-leave-one-out of that whole procedure, choice included (jackknife), so they are honest
-about the choice too.
+leave-one-out of that whole procedure, weights included (jackknife).
 """
 from __future__ import annotations
 
@@ -48,11 +49,17 @@ from predictor.models import CostRidgeRegressor, _relative_weights
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ratio", "linear", "shrink", "augment", "alone")
-#: Fewest rows each kind of candidate is fitted on.
-_MIN_ROWS = {"ratio": 1, "linear": 3, "shrink": 4, "augment": 4, "alone": MIN_ROWS}
-#: Ridge penalties of the shrinkage toward the base (on standardised features, relative weights).
-_SHRINK_ALPHAS = tuple(float(a) for a in np.logspace(-6, 4, 31))
+METHODS = ("ratio", "linear", "shrink", "costs", "linear-costs", "shrink-costs", "alone")
+#: The features every correction is written on (the default model's).
+FEATURE_SET = "hat-cost"
+#: Each part's cost terms (feature names before the "/norm"), unpenalised by the "-costs" kinds.
+COST_TERMS = {"encoder": ("encoder_layer_num", "enc_layers_x_dim", "enc_layers_x_dim_x_ffn"),
+              "decoder": ("decoder_layer_num", "dec_layers_x_dim", "dec_layers_x_dim_x_ffn")}
+COST_TERMS["total"] = COST_TERMS["encoder"] + COST_TERMS["decoder"]
+#: Ridge penalties of the fitted candidates (standardised features, relative weights). None
+#: below 1e-2: with fewer rows than features, leave-one-out favours near-interpolation it
+#: cannot see fail (20 random rows of HAT's Xeon: 0.6% leave-one-out, 19% held-out MAPE).
+_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 19))
 
 
 @dataclass(frozen=True)
@@ -77,13 +84,13 @@ class Correction:
 
 @dataclass
 class TransferPredictor:
-    """Base devices' predictors with a per-target correction for a new device, or (method
-    "alone") the new device's own predictor fitted on the k rows."""
+    """Base devices' predictors with a per-target correction for a new device, written on
+    the `feature_set` features (corrections that do not use a base have zero scales)."""
 
     bases: tuple[LatencyPredictor, ...]
     method: str
     corrections: dict[str, Correction]
-    own: LatencyPredictor | None = None
+    feature_set: str = FEATURE_SET
     metadata: dict[str, Any] = field(default_factory=dict)
     intervals: Conformal | None = None
 
@@ -94,23 +101,18 @@ class TransferPredictor:
 
     @property
     def base(self) -> LatencyPredictor:
-        """The first base (its features carry the shrinkage's correction)."""
         return self.bases[0]
 
     def predict_archs(self, archs: Sequence[ArchConfig]) -> np.ndarray:
         """Total latency (ms) on the new device of each architecture."""
-        if self.own is not None:
-            return self.own.predict_archs(archs)
-        X = _features.from_archs(self.base.feature_set, archs, self.base.context)
+        X = _features.from_archs(self.feature_set, archs, self.base.context)
         parts = [b.predict_parts(_features.from_archs(b.feature_set, archs, b.context)) for b in self.bases]
         return self._predict(parts, X)["total"]
 
     def predict_frame(self, df: pd.DataFrame) -> pd.DataFrame:
         """Predictions for latency rows, with the same columns as `LatencyPredictor`'s."""
-        if self.own is not None:
-            return self.own.predict_frame(df)
         _data.check_inputs(df)
-        X = _features.from_frame(self.base.feature_set, df, self.base.context)
+        X = _features.from_frame(self.feature_set, df, self.base.context)
         parts = [_base_parts(b, df) for b in self.bases]
         return prediction_frame(self._predict(parts, X), df.index)
 
@@ -127,13 +129,9 @@ class TransferPredictor:
             manifest, part = b.to_payload(prefix=f"base{i}/")
             bases.append(manifest)
             arrays.update(part)
-        own = None
-        if self.own is not None:
-            own, part = self.own.to_payload(prefix="own/")
-            arrays.update(part)
-        manifest = {"kind": "transfer", "method": self.method,
+        manifest = {"kind": "transfer", "method": self.method, "feature_set": self.feature_set,
                     "corrections": {t: jsonable(asdict(c)) for t, c in self.corrections.items()},
-                    "metadata": jsonable(self.metadata), "bases": bases, "own": own}
+                    "metadata": jsonable(self.metadata), "bases": bases}
         return manifest, arrays
 
     @classmethod
@@ -143,16 +141,24 @@ class TransferPredictor:
                                  "corrections this one no longer reads; adapt it again")
         bases = tuple(LatencyPredictor.from_payload(m, arrays, prefix=f"base{i}/")
                       for i, m in enumerate(manifest["bases"]))
-        own = (None if manifest.get("own") is None
-               else LatencyPredictor.from_payload(manifest["own"], arrays, prefix="own/"))
         corrections = {t: Correction(tuple(map(float, c["scales"])), float(c["offset"]),
                                      tuple(map(float, c["coef"])))
                        for t, c in manifest["corrections"].items()}
-        return cls(bases, manifest["method"], corrections, own, manifest.get("metadata", {}))
+        feature_set = manifest.get("feature_set", bases[0].feature_set)
+        if manifest.get("own") is not None:  # an "alone" predictor written before corrections held it
+            own = LatencyPredictor.from_payload(manifest["own"], arrays, prefix="own/")
+            corrections = {t: _ridge_correction(e, len(bases)) for t, e in own.estimators.items()}
+            feature_set = own.feature_set
+        return cls(bases, manifest["method"], corrections, feature_set, manifest.get("metadata", {}))
 
 
 def _base_parts(base: LatencyPredictor, df: pd.DataFrame) -> dict[str, np.ndarray]:
     return base.predict_parts(_features.from_frame(base.feature_set, df, base.context))
+
+
+def _ridge_correction(est: CostRidgeRegressor, n_bases: int) -> Correction:
+    """A fitted ridge on the correction's features as a correction that uses no base."""
+    return Correction((0.0,) * n_bases, float(est.intercept_), tuple(np.asarray(est.coef_, dtype=float).tolist()))
 
 
 # -- fitting on arrays --------------------------------------------------------------------------
@@ -180,37 +186,70 @@ def standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
 
 
+def stack_weights(loo_ms: np.ndarray, y_ms: np.ndarray) -> np.ndarray:
+    """Stacking weights of candidates (columns of `loo_ms`, their leave-one-out predictions):
+    the non-negative least squares of the relative error, normalised to sum to 1; the one
+    of lowest relative error alone when none gets a positive weight."""
+    from scipy.optimize import nnls
+
+    rel = loo_ms / y_ms[:, None]
+    weights, _ = nnls(rel, np.ones(len(y_ms)))
+    if weights.sum() <= 0:
+        weights = np.eye(rel.shape[1])[int(np.argmin(np.mean((rel - 1) ** 2, axis=0)))]
+    return weights / weights.sum()
+
+
 @dataclass(frozen=True)
 class _Candidate:
-    """A kind of correction on some of the bases (none for "alone")."""
+    """A kind of correction on some of the bases (none for the kinds that use no base)."""
 
     name: str
     kind: str
     bases: tuple[int, ...]
 
+    def free_columns(self, costs: int) -> int:
+        """Unpenalised columns: the bases' predictions, the cost terms, the intercept."""
+        return (len(self.bases) + (costs if self.kind.endswith("costs") else 0)
+                + (self.kind != "ratio"))
+
+    @property
+    def penalised(self) -> bool:
+        """Whether it has a ridge part on the features."""
+        return self.kind in ("shrink", "costs", "shrink-costs", "alone")
+
+    def fewest_rows(self, costs: int) -> int:
+        """Fewest rows it is fitted on: a row per base for the ratio; else one more than its
+        unpenalised columns, and one more again for a ridge part."""
+        if self.kind == "alone":
+            return MIN_ROWS
+        return len(self.bases) if self.kind == "ratio" else self.free_columns(costs) + 1 + self.penalised
+
 
 @dataclass
 class _Rows:
-    """The new device's rows as arrays: each base's predictions, features, targets."""
+    """The new device's rows as arrays: each base's predictions, features, targets, and the
+    k-rows-alone ridge (its fitted estimators, whose penalties it keeps) when there is one."""
 
     base: list[dict[str, np.ndarray]]
     X: np.ndarray
-    X_own: np.ndarray | None
     ys: dict[str, np.ndarray]
     targets: tuple[str, ...]
-    own_alpha: dict[str, float] | None
+    own: dict[str, CostRidgeRegressor] | None
+    names: list[str] = field(default_factory=list)
+
+    def costs(self, target: str) -> np.ndarray:
+        """Column indices of the target's cost terms in X."""
+        return np.array([i for i, n in enumerate(self.names) if n.split("/")[0] in COST_TERMS[target]], dtype=int)
 
     def _columns(self, cand: _Candidate, target: str,
                  rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
         """The free columns (unpenalised) and the raw penalised matrix of `cand` on `rows`."""
-        bases = [self.base[j][target][rows] for j in cand.bases]
-        ones = np.ones(len(rows))
-        if cand.kind == "alone":
-            return [ones], self.X_own[rows]
-        if cand.kind == "augment":
-            return [ones], np.column_stack([self.X[rows], *bases])
-        free = bases if cand.kind == "ratio" else [*bases, ones]
-        return free, self.X[rows] if cand.kind == "shrink" else None
+        free = [self.base[j][target][rows] for j in cand.bases]
+        if cand.kind.endswith("costs"):
+            free += list(self.X[np.ix_(rows, self.costs(target))].T)
+        if cand.kind != "ratio":
+            free.append(np.ones(len(rows)))
+        return free, self.X[rows] if cand.penalised else None
 
     def fit(self, cand: _Candidate, rows: np.ndarray) -> tuple[dict[str, tuple], np.ndarray]:
         """Per-target fitted state of `cand` on `rows`, and its leave-one-out total (ms)."""
@@ -226,7 +265,7 @@ class _Rows:
             else:
                 mean, scale = standardise(raw)
                 pen = (raw - mean) / scale
-                alphas = (self.own_alpha[t],) if cand.kind == "alone" else _SHRINK_ALPHAS
+                alphas = (self.own[t].alpha_,) if cand.kind == "alone" else _ALPHAS
             best = None
             for alpha in alphas:
                 beta, loo = _weighted_ridge(F, pen, y, w, alpha)
@@ -238,27 +277,26 @@ class _Rows:
             loo_total += y - loo
         return fitted, loo_total
 
-    def correction(self, cand: _Candidate, state: tuple) -> Correction:
-        """A fitted state as a `Correction` on raw features and every base."""
+    def correction(self, cand: _Candidate, target: str, state: tuple) -> Correction:
+        """A fitted state as a `Correction` on raw features and every base; "alone" is the
+        k-rows-alone ridge itself."""
+        if cand.kind == "alone":
+            return _ridge_correction(self.own[target], len(self.base))
         beta, norms, mean, scale = state
-        nf = len(norms)
-        free = beta[:nf] / np.asarray(norms)
+        free = beta[:len(norms)] / np.asarray(norms)
         scales = [0.0] * len(self.base)
-        offset = 0.0
-        for j, b in zip(cand.bases if cand.kind in ("ratio", "linear", "shrink") else (), free):
+        for j, b in zip(cand.bases, free):
             scales[j] = float(b)
-        if cand.kind != "ratio":
-            offset = float(free[-1])
-        coef: tuple[float, ...] = ()
+        coef = np.zeros(self.X.shape[1])
+        if cand.kind.endswith("costs"):
+            costs = self.costs(target)
+            coef[costs] = free[len(cand.bases):len(cand.bases) + len(costs)]
+        offset = float(free[-1]) if cand.kind != "ratio" else 0.0
         if mean is not None:
-            raw = beta[nf:] / scale
+            raw = beta[len(norms):] / scale
             offset -= float(mean @ raw)
-            n_x = self.X.shape[1]
-            if cand.kind == "augment":
-                for j, b in zip(cand.bases, raw[n_x:]):
-                    scales[j] = float(b)
-            coef = tuple(raw[:n_x].tolist())
-        return Correction(tuple(scales), offset, coef)
+            coef += raw
+        return Correction(tuple(scales), offset, tuple(coef.tolist()))
 
     def predict(self, cand: _Candidate, fitted: dict[str, tuple], rows: np.ndarray) -> np.ndarray:
         """Total latency (ms) of `rows` from a fitted state."""
@@ -271,49 +309,65 @@ class _Rows:
             total += out
         return total
 
-    def choose(self, candidates: Sequence[_Candidate],
-               rows: np.ndarray) -> tuple[_Candidate, dict[str, tuple], dict[str, float]]:
-        """The candidate of lowest leave-one-out RMSPE (total latency) on `rows`; the k rows
-        alone, when a candidate, unless another beats them by more than one standard error
-        of the paired per-row difference (the one-standard-error rule, toward the default)."""
-        usable = [c for c in candidates if len(rows) >= _MIN_ROWS[c.kind] + max(len(c.bases) - 1, 0)]
+    def combine(self, candidates: Sequence[_Candidate], rows: np.ndarray) -> "_Fit":
+        """Every candidate that `rows` suffice for, fitted, and their stacking weights."""
+        fewest = {c.name: c.fewest_rows(len(self.costs(self.targets[0]))) for c in candidates}
+        usable = [c for c in candidates if len(rows) >= fewest[c.name]]
         if not usable:
             raise PredictorError(f"no correction can be fitted on {len(rows)} rows")
         y = self.ys["total"][rows]
-        results, errors = {}, {}
-        for cand in usable:
-            fitted, loo = self.fit(cand, rows)
-            results[cand.name] = (cand, fitted)
-            errors[cand.name] = np.square(loo / y - 1.0)
-        scores = {name: float(100 * np.sqrt(np.mean(e))) for name, e in errors.items()}
-        name = min(scores, key=scores.get)
-        if "alone" in errors and name != "alone":
-            gain = errors["alone"] - errors[name]
-            if gain.mean() <= gain.std(ddof=1) / np.sqrt(len(gain)):
-                name = "alone"
-        return results[name][0], results[name][1], scores
+        fits = [self.fit(c, rows) for c in usable]
+        loo = np.column_stack([f[1] for f in fits])
+        weights = stack_weights(loo, y) if len(usable) > 1 else np.ones(1)
+        scores = {c.name: float(100 * np.sqrt(np.mean(np.square(loo[:, i] / y - 1)))) for i, c in enumerate(usable)}
+        scores["stack"] = float(100 * np.sqrt(np.mean(np.square(loo @ weights / y - 1))))
+        return _Fit(usable, [f[0] for f in fits], weights, scores)
 
     def jackknife(self, candidates: Sequence[_Candidate]) -> np.ndarray:
-        """Total latency (ms) of each row predicted by the whole choice made without it."""
+        """Total latency (ms) of each row predicted by the whole combination made without it."""
         n = len(self.ys["total"])
         predicted = np.empty(n)
         for i in range(n):
-            rows = np.delete(np.arange(n), i)
-            cand, fitted, _ = self.choose(candidates, rows)
-            predicted[i] = self.predict(cand, fitted, np.array([i]))[0]
+            predicted[i] = self.combine(candidates, np.delete(np.arange(n), i)).predict(self, np.array([i]))[0]
         return predicted
 
 
-def _candidates(method: str, n_bases: int, devices: Sequence[str]) -> list[_Candidate]:
+@dataclass
+class _Fit:
+    """Fitted candidates, their stacking weights and leave-one-out RMSPE (% of the total)."""
+
+    candidates: list[_Candidate]
+    states: list[dict[str, tuple]]
+    weights: np.ndarray
+    scores: dict[str, float]
+
+    def predict(self, rows_data: _Rows, rows: np.ndarray) -> np.ndarray:
+        return sum(w * rows_data.predict(c, s, rows)
+                   for c, s, w in zip(self.candidates, self.states, self.weights) if w > 0)
+
+    def corrections(self, rows_data: _Rows) -> dict[str, Correction]:
+        """The weighted sum of the candidates' corrections, per target."""
+        out = {}
+        for t in rows_data.targets:
+            parts = [(w, rows_data.correction(c, t, s[t]))
+                     for c, s, w in zip(self.candidates, self.states, self.weights) if w > 0]
+            out[t] = Correction(tuple(float(v) for v in sum(w * np.asarray(c.scales) for w, c in parts)),
+                                float(sum(w * c.offset for w, c in parts)),
+                                tuple(float(v) for v in sum(w * np.asarray(c.coef) for w, c in parts)))
+        return out
+
+
+def _candidates(method: str, n_bases: int, devices: Sequence[str], alone: bool) -> list[_Candidate]:
     kinds = METHODS if method == "auto" else (method,)
     out = []
     for kind in kinds:
-        if kind == "alone":
-            out.append(_Candidate("alone", kind, ()))
+        if kind in ("costs", "alone"):
+            if kind == "costs" or alone:
+                out.append(_Candidate(kind, kind, ()))
             continue
         for j in range(n_bases):
             out.append(_Candidate(kind if n_bases == 1 else f"{kind}[{devices[j]}]", kind, (j,)))
-        if kind in ("shrink", "augment") and n_bases > 1:
+        if kind.startswith("shrink") and n_bases > 1:
             out.append(_Candidate(f"{kind}[all]", kind, tuple(range(n_bases))))
     return out
 
@@ -325,7 +379,7 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
           method: str = "auto", intervals: bool = True) -> TransferPredictor:
     """Adapt one or several base predictors to the device the rows of `df` were measured on.
 
-    The outer leave-one-out (each row predicted by the whole adaptation, choice included,
+    The outer leave-one-out (each row predicted by the whole adaptation, weights included,
     made without it) gives the intervals and `metadata["cross_validation"]`, the honest
     error estimate; `intervals=False` skips it (k times the work of the adaptation).
     """
@@ -340,54 +394,56 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     for b in bases:
         _check_workload(b, settings)
     k = len(df)
-    fewest = min(_MIN_ROWS[m] for m in (METHODS if method == "auto" else (method,)))
-    if k < fewest:
-        raise PredictorError(f"the {method} correction needs at least {fewest} rows, got {k}")
     names = _data.target_names(df)
     if names != _data.PART_TARGETS or any("total" in b.targets for b in bases):
         names = _data.TOTAL_TARGET
     ys = _data.targets(df, names)
-    own, X_own, own_alpha = None, None, None
-    if method in ("auto", "alone") and k >= MIN_ROWS:
-        prep = prepare(df, model_spec(DEFAULT_MODEL).feature_set, "total" if names == _data.TOTAL_TARGET else "auto")
-        own = fit_prepared(prep, None, DEFAULT_MODEL)
-        X_own, own_alpha = _own_alphas(own, prep.X)
+    ctx = bases[0].context
+    own = _own_ridge(df, names) if method in ("auto", "alone") and k >= MIN_ROWS else None
     devices = [str(b.metadata.get("data", {}).get("device")) for b in bases]
-    candidates = [c for c in _candidates(method, len(bases), devices)
-                  if c.kind != "alone" or X_own is not None]
-    rows = _Rows([_base_parts(b, df) for b in bases],
-                 _features.from_frame(bases[0].feature_set, df, bases[0].context), X_own, ys, names, own_alpha)
-    everything = np.arange(k)
-    chosen, fitted, loo = rows.choose(candidates, everything)
+    candidates = _candidates(method, len(bases), devices, own is not None)
+    rows = _Rows([_base_parts(b, df) for b in bases], _features.from_frame(FEATURE_SET, df, ctx), ys, names,
+                 own, _features.feature_names(FEATURE_SET, ctx))
+    fewest = min((c.fewest_rows(len(rows.costs(names[0]))) for c in candidates), default=MIN_ROWS)
+    if k < fewest:
+        raise PredictorError(f"the {method} correction needs at least {fewest} rows, got {k}")
+    combined = rows.combine(candidates, np.arange(k))
     conformal, cv = None, None
     if intervals and k - 1 >= fewest:
         predicted = rows.jackknife(candidates)
         conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife (leave-one-out of the adaptation)")
         cv = latency_metrics(ys["total"], predicted)
-    corrections = {} if chosen.kind == "alone" else {t: rows.correction(chosen, s) for t, s in fitted.items()}
+    weights = {c.name: round(float(w), 4) for c, w in zip(combined.candidates, combined.weights) if w > 0}
     log.info("adapted %s to %s from %d rows: %s (leave-one-out RMSPE %s)", ", ".join(devices),
-             settings.get("device"), k, chosen.name, {n: round(v, 2) for n, v in loo.items()})
+             settings.get("device"), k, weights, {n: round(v, 2) for n, v in combined.scores.items()})
     metadata = {
-        "model": f"{bases[0].model}+{chosen.name}" if chosen.kind != "alone" else f"{DEFAULT_MODEL} (k rows alone)",
+        "model": f"{bases[0].model}+{method}",
         "base_device": devices[0] if len(devices) == 1 else devices,
         "data": {**settings, "rows": k},
-        "loo_rmspe": loo,
+        "weights": weights,
+        "loo_rmspe": {**combined.scores, method: combined.scores["stack"]},
         "cross_validation": cv,
         "adapted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-    return TransferPredictor(bases, chosen.name, corrections, own if chosen.kind == "alone" else None,
-                             metadata, conformal)
+    return TransferPredictor(bases, method, combined.corrections(rows), FEATURE_SET, metadata, conformal)
 
 
-def _own_alphas(own: LatencyPredictor, X: np.ndarray) -> tuple[np.ndarray | None, dict[str, float] | None]:
-    """The k-rows-alone model's features and ridge penalties, when it is the ridge whose
-    leave-one-out error `_weighted_ridge` computes exactly; else no "alone" candidate."""
+def _own_ridge(df: pd.DataFrame, names: tuple[str, ...]) -> dict[str, CostRidgeRegressor] | None:
+    """`predictor train`'s default model on the rows, when it is the relative ridge on the
+    corrections' features (whose leave-one-out `_weighted_ridge` computes exactly); else
+    there is no k-rows-alone candidate."""
+    spec = model_spec(DEFAULT_MODEL)
+    if spec.feature_set != FEATURE_SET:
+        log.warning("the default model %s is not on %s features: no k-rows-alone candidate", DEFAULT_MODEL, FEATURE_SET)
+        return None
+    own = fit_prepared(prepare(df, spec.feature_set, "total" if names == _data.TOTAL_TARGET else "auto"),
+                       None, DEFAULT_MODEL)
     ests = own.estimators
     if not all(isinstance(e, CostRidgeRegressor) and e.relative for e in ests.values()):
         log.warning("the default model %s is not a relative ridge: no k-rows-alone candidate", DEFAULT_MODEL)
-        return None, None
-    return X, {t: float(e.alpha_) for t, e in ests.items()}
+        return None
+    return dict(ests)
 
 
 def _check_workload(base: LatencyPredictor, settings: dict[str, Any]) -> None:
@@ -413,14 +469,15 @@ def evaluate_transfer(base: LatencyPredictor | Sequence[LatencyPredictor], df: p
     prep = prepare(df, spec.feature_set, spec.targets)
     rng = np.random.default_rng(seed)
     runs: dict[str, list[dict]] = {"adapted": [], "scratch": []}
-    chosen: dict[str, int] = {}
+    weights: dict[str, float] = {}
     coverage = []
     for _ in range(repeats):
         order = rng.permutation(len(df))
         few, rest = order[:k], order[k:]
         measured = prep.ys["total"][rest]
         adapted = adapt(base, df.iloc[few], method)
-        chosen[adapted.method] = chosen.get(adapted.method, 0) + 1
+        for name, w in adapted.metadata["weights"].items():
+            weights[name] = weights.get(name, 0.0) + w / repeats
         predicted = adapted.predict_frame(df.iloc[rest])["predicted_ms"].to_numpy()
         runs["adapted"].append(latency_metrics(measured, predicted))
         if adapted.intervals is not None and adapted.intervals.rows >= adapted.intervals.min_rows(confidence):
@@ -428,7 +485,7 @@ def evaluate_transfer(base: LatencyPredictor | Sequence[LatencyPredictor], df: p
         scratch = fit_prepared(prep, few, scratch_model, seed=seed)
         runs["scratch"].append(latency_metrics(measured, scratch.predict_parts(prep.X[rest])["total"]))
     summary: dict[str, Any] = {"k": k, "repeats": repeats, "held_out": len(df) - k,
-                               "scratch_model": scratch_model, "methods_chosen": chosen}
+                               "scratch_model": scratch_model, "mean_weights": weights}
     for name, metrics in runs.items():
         summary[name] = {key: _mean([m[key] for m in metrics]) for key in metrics[0] if key != "n"}
     summary["adapted"][f"coverage_{round(100 * confidence)}"] = _mean(coverage)

@@ -132,6 +132,24 @@ def test_old_adapted_files_ask_to_adapt_again(saved, tmp_path):
         load_predictor(_rewrite(adapted, tmp_path / "old.predictor", edit_manifest=to_old))
 
 
+def test_alone_adapted_files_of_the_previous_layout_load(saved, tmp_path):
+    """Before corrections held it, an adapted "alone" predictor was the own model under
+    "own/" with no corrections: it loads and predicts as that model."""
+    few = synthetic_frame(30, seed=8, device="synthetic-pi")
+    adapted = save_predictor(adapt(load_predictor(saved), few, "alone"), tmp_path / "alone.predictor")
+    own = train_predictor(few)
+    own_manifest, own_arrays = own.to_payload(prefix="own/")
+
+    def to_previous(manifest):
+        del manifest["feature_set"]
+        manifest["corrections"], manifest["own"] = {}, own_manifest
+    loaded = load_predictor(_rewrite(adapted, tmp_path / "previous.predictor", edit_manifest=to_previous,
+                                     edit_arrays=lambda arrays: arrays.update(own_arrays)))
+    other = synthetic_frame(20, seed=3)
+    np.testing.assert_allclose(loaded.predict_frame(other)["predicted_ms"],
+                               own.predict_frame(other)["predicted_ms"], rtol=1e-12)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"latency_ms,arch\n1.0,x\n", "looks like a CSV"),
     (pickle.dumps({"model": 1}), "looks like a pickle"),

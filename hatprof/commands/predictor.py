@@ -235,8 +235,8 @@ def _bases(paths: tuple[Path, ...] | Path) -> list:
 @protocol_options
 @format_option
 @click.option("--method", type=click.Choice(["auto", *METHODS]), default="auto", show_default=True,
-              help="Correction of the base predictions (auto: best by leave-one-out on the rows; the "
-                   "rows alone unless another beats them by one standard error).")
+              help="Correction of the base predictions (auto: all of them and the rows alone, "
+                   "weighted by stacking their leave-one-out predictions on the rows).")
 @click.option("--out", type=_out, required=True, help="Adapted predictor file to write.")
 @statistic_option
 def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int, inventory: str | None,
