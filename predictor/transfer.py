@@ -22,7 +22,9 @@ kinds also on all of them at once. `method="auto"` combines every candidate inst
 choosing one: stacking (Breiman 1996), the non-negative weights, normalised to sum to 1,
 that minimise the squared relative error of the candidates' leave-one-out predictions of
 the total latency. It nests "alone" (weight 1), so no discrete choice is made on noise;
-all candidates are linear in the bases and x, so the result is one correction.
+all candidates are linear in the bases and x, so the result is one correction. The rows
+alone take part only when their ridge penalty is one leave-one-out can judge (see
+`_ALPHAS`); "costs" is that ridge at the floor, with the cost terms free.
 The adapted predictor's intervals (`predictor.conformal`) come from a second, outer
 leave-one-out of that whole procedure, weights included (jackknife).
 """
@@ -218,11 +220,11 @@ class _Candidate:
         return self.kind in ("shrink", "costs", "shrink-costs", "alone")
 
     def fewest_rows(self, costs: int) -> int:
-        """Fewest rows it is fitted on: a row per base for the ratio; else one more than its
-        unpenalised columns, and one more again for a ridge part."""
+        """Fewest rows it is fitted on: a row per base for the ratio, else one more than its
+        unpenalised columns."""
         if self.kind == "alone":
             return MIN_ROWS
-        return len(self.bases) if self.kind == "ratio" else self.free_columns(costs) + 1 + self.penalised
+        return len(self.bases) if self.kind == "ratio" else self.free_columns(costs) + 1
 
 
 @dataclass
@@ -401,7 +403,10 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     ctx = bases[0].context
     own = _own_ridge(df, names) if method in ("auto", "alone") and k >= MIN_ROWS else None
     devices = [str(b.metadata.get("data", {}).get("device")) for b in bases]
-    candidates = _candidates(method, len(bases), devices, own is not None)
+    # Under the penalties' floor the rows alone's leave-one-out cannot judge them (see _ALPHAS):
+    # auto then leaves them out (the "costs" kind is their ridge at the floor, and more).
+    trusted = own is not None and (method == "alone" or min(e.alpha_ for e in own.values()) >= _ALPHAS[0])
+    candidates = _candidates(method, len(bases), devices, trusted)
     rows = _Rows([_base_parts(b, df) for b in bases], _features.from_frame(FEATURE_SET, df, ctx), ys, names,
                  own, _features.feature_names(FEATURE_SET, ctx))
     fewest = min((c.fewest_rows(len(rows.costs(names[0]))) for c in candidates), default=MIN_ROWS)

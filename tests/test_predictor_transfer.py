@@ -77,8 +77,8 @@ def test_costs_learn_a_fixed_cost_per_layer(base, new_device):
 
 def test_shrinkage_learns_what_the_base_misses(base, new_device):
     """New device = 2 x base + a cost the base does not scale with (decoder layers x FFN):
-    the affine map cannot fit it, the shrunk ridge comes close (its penalty has a floor),
-    and auto (the cost terms' candidates among them) fits it."""
+    the affine map cannot fit it; the shrunk ridge and auto cut its worst error tenfold (not
+    to zero: their penalties have a floor)."""
     df = _scaled(base, new_device, (2.0, 0.0), (2.0, 0.0))
     extra = 40.0 * df["decoder_layer_num"] * df["decoder_ffn_embed_dim_avg"] / 2048
     df["latency_mean_decoder"] += extra
@@ -88,8 +88,8 @@ def test_shrinkage_learns_what_the_base_misses(base, new_device):
     for method in ("auto", "shrink", "linear"):
         predicted = adapt(base, df.head(30), method=method).predict_frame(rest)["predicted_ms"]
         errors[method] = np.abs(predicted / rest["latency_ms"] - 1).max()
-    assert errors["auto"] < 0.01 < errors["linear"]
-    assert errors["shrink"] < errors["linear"] / 2
+    assert errors["linear"] > 0.1
+    assert max(errors["auto"], errors["shrink"]) < errors["linear"] / 10
 
 
 def test_alone_is_a_candidate_and_is_train_exactly(base, new_device):
@@ -97,6 +97,7 @@ def test_alone_is_a_candidate_and_is_train_exactly(base, new_device):
     train`'s default model (a correction that uses no base)."""
     df = new_device.sample(frac=1, random_state=0).head(40)
     auto = adapt(base, df.head(25))
+    assert min(e.alpha_ for e in train_predictor(df.head(25)).estimators.values()) >= 1e-2
     assert set(auto.metadata["loo_rmspe"]) == {*METHODS, "stack", "auto"}
     adapted = adapt(base, df.head(25), method="alone")
     assert adapted.metadata["weights"] == {"alone": 1.0}
@@ -104,6 +105,19 @@ def test_alone_is_a_candidate_and_is_train_exactly(base, new_device):
     own = train_predictor(df.head(25))
     np.testing.assert_allclose(adapted.predict_frame(df.tail(15))["predicted_ms"],
                                own.predict_frame(df.tail(15))["predicted_ms"], rtol=1e-12)
+
+
+def test_rows_alone_under_the_penalty_floor_are_left_out(base, new_device):
+    """Rows whose default ridge picks a penalty under 1e-2 (here: latency exactly linear in
+    the features, so the least penalty wins) leave the rows alone out of auto, not of "alone"."""
+    df = new_device.head(25).copy()
+    X = features.from_frame(FEATURE_SET, df, base.context)
+    df["latency_mean_encoder"] = 5.0 + X @ np.linspace(1.0, 2.0, X.shape[1])
+    df["latency_mean_decoder"] = 20.0 + X @ np.linspace(3.0, 1.0, X.shape[1])
+    df["latency_ms"] = df["latency_mean_encoder"] + df["latency_mean_decoder"]
+    assert max(e.alpha_ for e in train_predictor(df).estimators.values()) < 1e-2
+    assert "alone" not in adapt(base, df, intervals=False).metadata["loo_rmspe"]
+    assert adapt(base, df, "alone", intervals=False).metadata["weights"] == {"alone": 1.0}
 
 
 def test_stack_weights():
