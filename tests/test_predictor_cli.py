@@ -15,6 +15,7 @@ from profiler.errors import HatprofError, PredictorError, SpaceError
 from profiler.space import load_space
 from hatprof.commands.predictor import predictor
 from predictor.synthetic import synthetic_frame
+from predictor.transfer import METHODS
 
 EVAL_KEYS = {"n", "rmse_ms", "mape", "rmspe", "within_5", "within_10", "kendall_tau", "spearman_rho"}
 
@@ -102,7 +103,11 @@ def test_adapt_then_eval(files):
     out = files["root"] / "pi.predictor"
     result = invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", out)
     assert result.exit_code == 0, result.output
-    assert "from 15 rows" in result.output
+    assert "auto correction from 15 rows (" in result.output
+    # The stacking weights, by candidate, before the leave-one-out RMSPE; they sum to 1.
+    weights = result.output.split(" rows (", 1)[1].split(";", 1)[0].split(", ")
+    assert {w.rsplit(" ", 1)[0] for w in weights} <= set(METHODS)
+    assert sum(float(w.rsplit(" ", 1)[1]) for w in weights) == pytest.approx(1.0, abs=0.01 * len(weights))
     assert "held-out error by leave-one-out of the adaptation: n=15" in result.output
     result = invoke("eval", "--predictor", out, "--data", files["pi"])
     assert result.exit_code == 0 and "n=80" in result.output

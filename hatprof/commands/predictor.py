@@ -261,10 +261,10 @@ def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int,
     poor = error is not None and error > POOR_ADAPTATION_RMSPE
     adapted.metadata["poorly_adapted"] = poor
     save_predictor(adapted, out)
-    scales = ", ".join(f"{t} x{c.scale:.3g}" for t, c in adapted.corrections.items())
-    quality = f", leave-one-out RMSPE {loo:.2f}%" if loo is not None else ""
+    weights = ", ".join(f"{name} {w:.2f}" for name, w in adapted.metadata["weights"].items())
+    quality = f"; leave-one-out RMSPE {loo:.2f}%" if loo is not None else ""
     click.echo(f"{'! ' if poor else ''}{adapted.method} correction from {adapted.metadata['data']['rows']} rows "
-               f"({scales}{quality}) -> {out}")
+               f"({weights}{quality}) -> {out}")
     if cv is not None:
         click.echo(f"held-out error by leave-one-out of the adaptation: {_metrics_line(cv)}")
     if poor:
