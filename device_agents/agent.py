@@ -29,13 +29,14 @@ are JSON objects (``Content-Type: application/json``), except uploads.
 ``POST /v1/measure``
     In: ``{"artifact": {"format": "onnx", "files": {"manifest.json": "<sha256>", ...}},
     "warmup": 5, "runs": 50, "seq_len": 30, "beam": 5, "threads": 1, "canary_every": 10,
-    "max_temp_c": 80.0, "cooldown_s": 120.0, "trim": 0.1}``: the fields of
+    "max_temp_c": 80.0, "cooldown_s": 120.0, "slow_canary_ns": 0.0, "trim": 0.1}``: the fields of
     `profiler.protocol.RoundSpec`, whose defaults are the defaults here (all but ``artifact``
-    optional; unknown fields are refused). One round of the timing protocol: the thermal gate
-    waits (at most ``cooldown_s``) while the board is at ``max_temp_c`` or its firmware says it
-    is throttled now; then ``warmup`` untimed runs and ``runs`` timed runs of the encoder, with
-    a fixed reference kernel (the canary) timed before, after and every ``canary_every`` runs;
-    then the same for the decoder. Out: ``{"result": {"encoder_ns": [...],
+    optional; unknown fields are refused). One round of the timing protocol: the gate waits (at
+    most ``cooldown_s``) while the board is at ``max_temp_c``, its firmware says it is throttled
+    now, or the canary runs slower than ``slow_canary_ns`` (0: never); then ``warmup`` untimed
+    runs and ``runs`` timed runs of the encoder, with a fixed reference kernel (the canary)
+    timed before, after and every ``canary_every`` runs; then the same for the decoder.
+    Out: ``{"result": {"encoder_ns": [...],
     "encoder_canary_ns": [...], "encoder_other_cpu": f, "decoder_ns": ..., "before": {...},
     "after": {...}, "gate": {...}}, "statistics": {"encoder": {...}, "decoder": {...}},
     "elapsed_s": f}``: raw samples in nanoseconds, the canary's times, the share of the timed

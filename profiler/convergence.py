@@ -12,7 +12,10 @@ is disturbed when
   accepted round: the canary is independent of the model, so choosing runs by it judges the
   machine, not the architecture, and a burst of a few hundred milliseconds costs only the
   runs it touched;
-- `thermal`: the thermal gate's wait for a cool, unthrottled board ran out;
+- `thermal`: the gate's wait for a cool, unthrottled board ran out;
+- `slow`: the gate's wait for the host to be back at its fast level ran out (`profiler.gate`,
+  `profiler.canary_history`: a host can be slow for longer than a process measures, and the
+  session's own canaries then look typical);
 - `outlier`: its total (encoder + decoder trimmed mean of its clean runs) is further from the
   median of the other clean rounds than `OUTLIER_FLOOR` and `OUTLIER_MADS` robust deviations
   (judged only with at least `MIN_ROUNDS_FOR_OUTLIERS` clean rounds, and on both sides).
@@ -90,8 +93,9 @@ def disturbance(pair: RoundPair) -> str | None:
     if any(r.other_cpu_fraction is not None and r.other_cpu_fraction > OTHER_CPU_LIMIT
            for r in (pair.encoder, pair.decoder)):
         return "contention"
-    if (pair.gate or {}).get("timed_out"):
-        return "thermal"
+    gate = pair.gate or {}
+    if gate.get("timed_out"):
+        return "slow" if gate.get("unfit") == "slow" else "thermal"
     return None
 
 

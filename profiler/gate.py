@@ -1,4 +1,4 @@
-"""The thermal and clock gate: before each round, wait (bounded) until the board is fit to time.
+"""The gate: before each round, wait (bounded) until the board is fit to time: cool, unthrottled, not slowed.
 
 A Raspberry Pi 4 throttles near 80 °C, and its firmware caps the clock on under-voltage or
 heat; a round timed then measures the throttle, not the model. Before each round the gate
@@ -9,6 +9,14 @@ round's record; a wait that ran out is recorded too (the round is then judged di
 measured again). Clock frequencies and the governor are recorded, not gated: on x86 the
 "maximum" clock is ambiguous (turbo), and an `ondemand` governor raises the clock only under
 load, which the warm-up runs provide.
+
+A host can also be slow for seconds to minutes at a time (another tenant on a VM's cores: on
+a 16-vCPU Xeon server the canary sat near 100 µs or near 170 µs, in stretches of 10-20
+rounds, for whole processes at times). So the gate also times a probe, the median of a few
+runs of the reference kernel back to back (`canary_ns`, `profiler.protocol.canary_median_ns`),
+and, given `slow_ns` (from the machine's fast level, `profiler.canary_history`), waits while
+the probe is above it: a round timed then would measure the host, and the wait costs no
+device time.
 
 Everything is read under an injectable root directory, so tests drive the gate with a fake
 sysfs tree, a fake clock and a fake sleep. Device side: standard library only.
@@ -42,6 +50,7 @@ class BoardState:
     throttled: tuple[str, ...]
     frequency_ratio: float | None
     governors: tuple[str, ...]
+    canary_ns: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -68,10 +77,13 @@ class ThermalGate:
 
     def __init__(self, cpus: Iterable[int], max_temp_c: float = 80.0, cooldown_s: float = 120.0,
                  root: str | Path = "/", clock: Callable[[], float] | None = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 sleep: Callable[[float], None] | None = None, slow_ns: float = 0.0,
+                 canary_ns: Callable[[], float] | None = None) -> None:
         self.cpus = sorted(cpus)
         self.max_temp_c = max_temp_c
         self.cooldown_s = cooldown_s
+        self.slow_ns = slow_ns
+        self._canary_ns = canary_ns
         self.root = Path(root)
         self._clock = clock or time.monotonic
         self._sleep = sleep or time.sleep
@@ -91,25 +103,34 @@ class ThermalGate:
             if governor:
                 governors.append(governor)
         return BoardState(max(known) if known else None, throttled, min(ratios) if ratios else None,
-                          tuple(sorted(set(governors))))
+                          tuple(sorted(set(governors))), self._canary_ns() if self._canary_ns else None)
 
-    def _unfit(self, state: BoardState, limit_c: float) -> bool:
-        return bool(state.throttled) or (state.temperature_c is not None and state.temperature_c >= limit_c)
+    def _unfit(self, state: BoardState, limit_c: float) -> str | None:
+        """Why the board is not fit to time now: throttled, hot or slow; None when it is."""
+        if state.throttled:
+            return "throttled"
+        if state.temperature_c is not None and state.temperature_c >= limit_c:
+            return "hot"
+        if self.slow_ns > 0 and state.canary_ns is not None and state.canary_ns > self.slow_ns:
+            return "slow"
+        return None
 
     def wait(self) -> dict[str, Any]:
-        """Wait until the board is fit (or `cooldown_s` ran out); the record of what was seen."""
+        """Wait until the board is fit (or `cooldown_s` ran out); the record of what was seen
+        (`unfit`: why it was still unfit when the wait ran out)."""
         start = self._clock()
         first = state = self.read()
         limit_c = self.max_temp_c
-        timed_out = False
-        while self._unfit(state, limit_c):
-            limit_c = self.max_temp_c - HYSTERESIS_C
+        unfit = None
+        while why := self._unfit(state, limit_c):
+            if why != "slow":
+                limit_c = self.max_temp_c - HYSTERESIS_C
             if self._clock() - start >= self.cooldown_s:
-                timed_out = True
-                logger.warning("the board stayed unfit for %.0f s (%s); timing anyway", self.cooldown_s,
+                unfit = why
+                logger.warning("the board stayed unfit (%s) for %.0f s (%s); timing anyway", why, self.cooldown_s,
                                state.to_dict())
                 break
             self._sleep(POLL_S)
             state = self.read()
-        return {"seen": first.to_dict(), "at_start": state.to_dict(),
-                "waited_s": self._clock() - start, "timed_out": timed_out}
+        return {"seen": first.to_dict(), "at_start": state.to_dict(), "waited_s": self._clock() - start,
+                "timed_out": unfit is not None, "unfit": unfit, "slow_ns": self.slow_ns}

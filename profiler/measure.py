@@ -13,6 +13,7 @@ becomes a result with an error code, never an aborted batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from profiler.artifacts import get_artifact
-from profiler.convergence import PARTS, ArchRounds, CanaryReference
+from profiler.canary_history import CanaryHistory
+from profiler.convergence import CANARY_LIMIT, PARTS, ArchRounds, CanaryReference
 from profiler.dataset import DatasetWriter, RowQuality, make_settings, row_from_measurement
 from profiler.errors import DatasetError, ErrorCode, HatprofError
-from profiler.protocol import TimingProtocol
+from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
 from profiler.target import MeasureTarget
 
@@ -79,7 +81,7 @@ def _error_code(exc: HatprofError) -> ErrorCode:
 
 
 def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchConfig],
-                   artifacts: Sequence[Path], reference: CanaryReference,
+                   artifacts: Sequence[Path], reference: CanaryReference, history: CanaryHistory,
                    on_round: Callable[[ArchConfig, ArchRounds], None] | None
                    ) -> tuple[list[ArchRounds], dict[str, HatprofError]]:
     """The rounds of a group, interleaved: one round of every unfinished architecture per pass,
@@ -104,17 +106,27 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
         for arch, artifact, state in pending:
             start = time.monotonic()
             try:
-                pair = target.measure_round(artifact, job.fmt, spec)
+                pair = target.measure_round(artifact, job.fmt, _gated(spec, history) if p.converging else spec)
             except HatprofError as exc:
                 logger.warning("architecture %s: measurement failed: %s", arch.arch_id, exc)
                 failed[arch.arch_id] = exc
                 continue
-            reason = state.add(pair, time.monotonic() - start)
+            gate = pair.gate or {}
+            history.record(gate.get("seen", {}).get("canary_ns"))
+            # device time is the round's timing; the gate's wait for a fit board is gate_wait_s
+            reason = state.add(pair, max(0.0, time.monotonic() - start - float(gate.get("waited_s", 0.0))))
             if reason:
                 logger.info("architecture %s: round %d discarded (%s)", arch.arch_id, len(state.pairs), reason)
             if on_round is not None:
                 on_round(arch, state)
     return states, failed
+
+
+def _gated(spec: RoundSpec, history: CanaryHistory) -> RoundSpec:
+    """`spec`, asking the device to wait (within its cooldown) while its canary probe is
+    `CANARY_LIMIT` above the machine's fast level (once that is known)."""
+    fast = history.fast_ns
+    return dataclasses.replace(spec, slow_canary_ns=fast * (1 + CANARY_LIMIT)) if fast else spec
 
 
 def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict[str, str],
@@ -153,6 +165,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
     todo = [a for a in archs if a.arch_id not in writer.done_ids]
     environment = target.info()
     reference = CanaryReference()
+    history = CanaryHistory.for_machine(environment, job.cache_dir)
     results: list[ArchResult] = []
 
     def report(result: ArchResult) -> None:
@@ -171,7 +184,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                 report(ArchResult(arch, error=ErrorCode.EXPORT_FAILED, message=str(exc)))
         attempts = {a.arch_id: 0 for a in group}
         while group:
-            measured, failed = _measure_group(job, target, group, artifacts, reference, on_round)
+            measured, failed = _measure_group(job, target, group, artifacts, reference, history, on_round)
             retry, retry_artifacts = [], []
             for arch, artifact, state in zip(group, artifacts, measured):
                 attempts[arch.arch_id] += 1
@@ -189,6 +202,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                 writer.write(row, raw)
                 report(ArchResult(arch, row=row, attempts=attempts[arch.arch_id]))
             group, artifacts = retry, retry_artifacts
+        history.save()
     return results
 
 

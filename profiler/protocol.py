@@ -206,6 +206,9 @@ class RoundSpec:
     canary_every: int = TimingProtocol.canary_every
     max_temp_c: float = TimingProtocol.max_temp_c
     cooldown_s: float = TimingProtocol.cooldown_s
+    #: Before the round, wait (within `cooldown_s`) while the canary's median is above this
+    #: many nanoseconds (0: never): set by the coordinator from the machine's fast level.
+    slow_canary_ns: float = 0.0
     #: Not needed to time; the statistics an agent returns beside the samples use it.
     trim: float = TimingProtocol.trim
 
@@ -216,6 +219,7 @@ class RoundSpec:
         object.__setattr__(self, "trim", _check_trim(self.trim))
         object.__setattr__(self, "max_temp_c", _check_number("max_temp_c", self.max_temp_c, 1.0))
         object.__setattr__(self, "cooldown_s", _check_number("cooldown_s", self.cooldown_s, 0.0))
+        object.__setattr__(self, "slow_canary_ns", _check_number("slow_canary_ns", self.slow_canary_ns, 0.0))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -247,6 +251,20 @@ def canary() -> int:
     for i in range(2000):
         total += i * i
     return total
+
+
+#: Canary runs whose median says, before a round, whether the machine is at its fast level.
+PROBE_RUNS = 21
+
+
+def canary_median_ns(clock: Callable[[], int] = time.perf_counter_ns, runs: int = PROBE_RUNS) -> float:
+    """The median time of `runs` runs of the canary (the slow-host gate's probe)."""
+    times = []
+    for _ in range(runs):
+        start_ns = clock()
+        canary()
+        times.append(clock() - start_ns)
+    return float(statistics.median(times))
 
 
 def time_runs(fn: Callable[[], Any], warmup: int, runs: int,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol as TypingProtocol
 from profiler.errors import ProtocolError
 from profiler.gate import ThermalGate
 from profiler.metadata import collect_environment, current_affinity, default_cpus, pin_process, snapshot
-from profiler.protocol import RoundResult, RoundSpec, time_round
+from profiler.protocol import RoundResult, RoundSpec, canary_median_ns, time_round
 from profiler.workload import Runner, open_runner
 
 
@@ -93,7 +93,8 @@ class LocalTarget:
         if spec.threads != self.threads:
             raise ProtocolError(f"this target times with {self.threads} thread(s), the round asks for {spec.threads}")
         runner = self._runner(Path(artifact_dir), fmt, spec.seq_len, spec.beam)
-        gate = ThermalGate(self.cpus, spec.max_temp_c, spec.cooldown_s, root=self._sysfs_root).wait()
+        gate = ThermalGate(self.cpus, spec.max_temp_c, spec.cooldown_s, root=self._sysfs_root,
+                           slow_ns=spec.slow_canary_ns, canary_ns=lambda: canary_median_ns(self._clock)).wait()
         before = snapshot(self.cpus)
         encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)
         decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)

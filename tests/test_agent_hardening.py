@@ -143,9 +143,9 @@ def _bodies_with_a_wrong_type():
         yield {**good, "artifact": {"format": "onnx", "files": value}}
         for name in FILES:
             yield {**good, "artifact": {"format": "onnx", "files": {**FILES, name: value}}}
-        for name in ("warmup", "runs", "seq_len", "beam", "threads", "trim"):
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and name == "trim"
-                    and 0 <= value < 0.5):
+        for name in ("warmup", "runs", "seq_len", "beam", "threads", "trim", "slow_canary_ns"):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and (name == "trim" and 0 <= value < 0.5 or name == "slow_canary_ns" and value >= 0)):
                 yield {**good, name: value}
 
 
@@ -155,6 +155,12 @@ def test_any_wrong_type_in_any_field_is_a_400(body):
         parse_measure(body)
     assert refused.value.status == 400
     assert refused.value.code in ("invalid_field", "bad_hash", "bad_filename", "unknown_field")
+
+
+def test_the_slow_host_limit_travels_as_a_number_of_the_round_spec():
+    good = {"artifact": {"format": "onnx", "files": dict(FILES)}}
+    assert parse_measure({**good, "slow_canary_ns": 125_000})["spec"]["slow_canary_ns"] == 125_000.0
+    assert parse_measure(good)["spec"]["slow_canary_ns"] == 0.0  # no wait unless asked
 
 
 def test_the_reported_format_list_crash_is_invalid_field(tmp_path):

@@ -46,6 +46,8 @@ def test_a_round_is_disturbed_by_contention_or_heat():
     assert disturbance(pair(10, other=0.2)) == "contention"
     assert disturbance(pair(10, other=None)) is None  # unknown is not contention
     assert disturbance(pair(10, gate={"timed_out": True})) == "thermal"
+    assert disturbance(pair(10, gate={"timed_out": True, "unfit": "hot"})) == "thermal"
+    assert disturbance(pair(10, gate={"timed_out": True, "unfit": "slow"})) == "slow"
 
 
 def test_runs_are_clean_when_both_canaries_around_them_are():

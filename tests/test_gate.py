@@ -103,5 +103,27 @@ def test_the_pi_firmware_flags_now_stop_a_round_and_those_since_boot_do_not(boar
 def test_a_machine_without_sensors_is_never_waited_for(tmp_path):
     fake = FakeTime()
     record = ThermalGate({0}, root=tmp_path, clock=fake.clock, sleep=fake.sleep).wait()
-    assert record["seen"] == {"temperature_c": None, "throttled": [], "frequency_ratio": None, "governors": []}
+    assert record["seen"] == {"temperature_c": None, "throttled": [], "frequency_ratio": None, "governors": [],
+                              "canary_ns": None}
     assert fake.sleeps == 0
+
+
+def test_a_slow_host_is_waited_for_until_its_canary_is_back_at_the_fast_level(tmp_path):
+    canaries = iter([170_000.0, 168_000.0, 181_000.0, 104_000.0])  # slow for three looks, then fast
+    fake = FakeTime()
+    gate = ThermalGate({0}, cooldown_s=60, root=tmp_path, clock=fake.clock, sleep=fake.sleep,
+                       slow_ns=125_000.0, canary_ns=lambda: next(canaries))
+    record = gate.wait()
+    assert fake.sleeps == 3 and record["waited_s"] == 3 * POLL_S and not record["timed_out"]
+    assert record["seen"]["canary_ns"] == 170_000.0 and record["at_start"]["canary_ns"] == 104_000.0
+    assert record["unfit"] is None
+
+
+def test_a_slow_wait_that_runs_out_is_recorded_as_slow_and_without_a_limit_the_probe_is_only_recorded(tmp_path):
+    fake = FakeTime()
+    record = ThermalGate({0}, cooldown_s=3, root=tmp_path, clock=fake.clock, sleep=fake.sleep,
+                         slow_ns=100.0, canary_ns=lambda: 150.0).wait()
+    assert record["timed_out"] and record["unfit"] == "slow" and fake.sleeps == 3 and record["slow_ns"] == 100.0
+    fake = FakeTime()
+    record = ThermalGate({0}, root=tmp_path, clock=fake.clock, sleep=fake.sleep, canary_ns=lambda: 150.0).wait()
+    assert record["seen"]["canary_ns"] == 150.0 and not record["timed_out"] and fake.sleeps == 0

@@ -65,3 +65,19 @@ def test_a_round_waits_for_a_hot_board_and_records_it(artifact, tmp_path, monkey
         target.close()
     assert pair.gate["seen"]["temperature_c"] == 90.0 and pair.gate["at_start"]["temperature_c"] == 40.0
     assert not pair.gate["timed_out"] and len(pair.encoder.samples_ns) == 2
+
+
+def test_a_round_on_a_slow_host_waits_on_the_canary_probe_and_records_it(artifact, tmp_path):
+    ticks = iter(range(0, 10**12, 1000))  # every clock reading 1 µs after the last: each canary takes 1 µs
+    target = LocalTarget(threads=1, cpus={max(current_affinity())}, sysfs_root=tmp_path, clock=lambda: next(ticks))
+    try:
+        spec = RoundSpec(seq_len=4, beam=2, warmup=0, runs=2, cooldown_s=0.0)
+        fit = target.measure_round(artifact, "onnx", RoundSpec(**{**spec.to_dict(), "slow_canary_ns": 2000.0}))
+        slow = target.measure_round(artifact, "onnx", RoundSpec(**{**spec.to_dict(), "slow_canary_ns": 500.0}))
+        plain = target.measure_round(artifact, "onnx", spec)
+    finally:
+        target.close()
+    assert fit.gate["seen"]["canary_ns"] == 1000.0 and not fit.gate["timed_out"]
+    assert slow.gate["timed_out"] and slow.gate["unfit"] == "slow"  # no time to wait: timed anyway
+    assert plain.gate["seen"]["canary_ns"] == 1000.0 and not plain.gate["timed_out"]  # probed, no limit
+    assert fit.encoder.samples_ns == slow.encoder.samples_ns == (1000, 1000)
