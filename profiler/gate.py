@@ -115,6 +115,13 @@ class ThermalGate:
             return "slow"
         return None
 
+    def _describe(self, why: str, state: BoardState) -> str:
+        if why == "slow":
+            return f"canary {state.canary_ns / 1000:.0f} µs, limit {self.slow_ns / 1000:.0f} µs"
+        if why == "hot":
+            return f"{state.temperature_c:.0f} °C, limit {self.max_temp_c:.0f} °C"
+        return ", ".join(state.throttled)
+
     def wait(self) -> dict[str, Any]:
         """Wait until the board is fit (or `cooldown_s` ran out); the record of what was seen
         (`unfit`: why it was still unfit when the wait ran out)."""
@@ -127,8 +134,8 @@ class ThermalGate:
                 limit_c = self.max_temp_c - HYSTERESIS_C
             if self._clock() - start >= self.cooldown_s:
                 unfit = why
-                logger.warning("the board stayed unfit (%s) for %.0f s (%s); timing anyway", why, self.cooldown_s,
-                               state.to_dict())
+                logger.warning("the board stayed %s for %.0f s (%s); timed anyway, the round will be discarded",
+                               why, self.cooldown_s, self._describe(why, state))
                 break
             self._sleep(POLL_S)
             state = self.read()

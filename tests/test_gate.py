@@ -78,7 +78,7 @@ def test_a_wait_that_runs_out_is_recorded(board):
     write(board, "sys/class/thermal/thermal_zone0/temp", "85000")
     fake = FakeTime()
     record = ThermalGate({2}, max_temp_c=80, cooldown_s=5, root=board, clock=fake.clock, sleep=fake.sleep).wait()
-    assert record["timed_out"] and record["waited_s"] == pytest.approx(5.0)
+    assert record["timed_out"] and record["unfit"] == "hot" and record["waited_s"] == pytest.approx(5.0)
     assert fake.sleeps == 5
 
 
@@ -119,11 +119,14 @@ def test_a_slow_host_is_waited_for_until_its_canary_is_back_at_the_fast_level(tm
     assert record["unfit"] is None
 
 
-def test_a_slow_wait_that_runs_out_is_recorded_as_slow_and_without_a_limit_the_probe_is_only_recorded(tmp_path):
+def test_a_slow_wait_that_runs_out_is_recorded_as_slow_and_without_a_limit_the_probe_is_only_recorded(tmp_path,
+                                                                                                     caplog):
     fake = FakeTime()
-    record = ThermalGate({0}, cooldown_s=3, root=tmp_path, clock=fake.clock, sleep=fake.sleep,
-                         slow_ns=100.0, canary_ns=lambda: 150.0).wait()
-    assert record["timed_out"] and record["unfit"] == "slow" and fake.sleeps == 3 and record["slow_ns"] == 100.0
+    with caplog.at_level("WARNING"):
+        record = ThermalGate({0}, cooldown_s=3, root=tmp_path, clock=fake.clock, sleep=fake.sleep,
+                             slow_ns=100_000.0, canary_ns=lambda: 150_000.0).wait()
+    assert record["timed_out"] and record["unfit"] == "slow" and fake.sleeps == 3 and record["slow_ns"] == 100_000.0
+    assert "stayed slow for 3 s (canary 150 µs, limit 100 µs)" in caplog.text
     fake = FakeTime()
-    record = ThermalGate({0}, root=tmp_path, clock=fake.clock, sleep=fake.sleep, canary_ns=lambda: 150.0).wait()
-    assert record["seen"]["canary_ns"] == 150.0 and not record["timed_out"] and fake.sleeps == 0
+    record = ThermalGate({0}, root=tmp_path, clock=fake.clock, sleep=fake.sleep, canary_ns=lambda: 150_000.0).wait()
+    assert record["seen"]["canary_ns"] == 150_000.0 and not record["timed_out"] and fake.sleeps == 0
