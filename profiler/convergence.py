@@ -8,8 +8,9 @@ is disturbed when
 - `canary`: less than half of its runs are clean. The reference kernel (the canary) is timed
   before, between every `canary_every` runs and after them; the runs between two canaries
   are clean when neither canary ran more than `CANARY_LIMIT` slower than the session's
-  typical (median) canary. Runs that are not clean are left out of the label even in an
-  accepted round: the canary is independent of the model, so choosing runs by it judges the
+  typical (median) canary, or than the machine's fast level when that is lower (the gate's
+  probes, `profiler.canary_history`). Runs that are not clean are left out of the label even
+  in an accepted round: the canary is independent of the model, so choosing runs by it judges the
   machine, not the architecture, and a burst of a few hundred milliseconds costs only the
   runs it touched;
 - `thermal`: the gate's wait for a cool, unthrottled board ran out;
@@ -34,6 +35,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from profiler.canary_history import CanaryHistory
 from profiler.protocol import OTHER_CPU_LIMIT, Measurement, RoundResult, TimingProtocol, trimmed_mean
 from profiler.target import RoundPair
 
@@ -110,16 +112,22 @@ def outliers(totals: Sequence[float]) -> set[int]:
 
 
 class CanaryReference:
-    """The canary's typical time in a measuring session: the median of its last `window` runs. A
-    canary well above it marks a disturbed stretch; judging against the typical time rather
-    than the fastest keeps a machine's ordinary jitter from discarding everything."""
+    """The canary time runs are judged against: the session's typical (median) canary of its
+    last `window` runs, or the machine's fast level (`CanaryHistory`, from the gate's probes)
+    when that is lower. Judging against the typical time rather than the fastest keeps a
+    machine's ordinary jitter from discarding everything; the machine's fast level keeps a
+    session that is mostly slow from passing its slow rounds as typical."""
 
-    def __init__(self, window: int = 2000) -> None:
+    def __init__(self, window: int = 2000, history: CanaryHistory | None = None) -> None:
         self._samples: deque[int] = deque(maxlen=window)
+        self.history = history if history is not None else CanaryHistory()
 
     @property
     def typical_ns(self) -> float | None:
-        return statistics.median(self._samples) if self._samples else None
+        if not self._samples:
+            return None
+        session, fast = statistics.median(self._samples), self.history.fast_ns
+        return session if fast is None else min(session, fast)
 
     def update(self, pair: RoundPair) -> None:
         self._samples.extend(pair.encoder.canary_ns + pair.decoder.canary_ns)

@@ -164,8 +164,8 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
     """
     todo = [a for a in archs if a.arch_id not in writer.done_ids]
     environment = target.info()
-    reference = CanaryReference()
     history = CanaryHistory.for_machine(environment, job.cache_dir)
+    reference = CanaryReference(history=history)
     results: list[ArchResult] = []
 
     def report(result: ArchResult) -> None:

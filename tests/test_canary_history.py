@@ -10,7 +10,7 @@ import pytest
 
 from profiler import canary_history, measure
 from profiler.canary_history import MIN_ROUNDS, CanaryHistory, machine_key
-from profiler.convergence import CANARY_LIMIT
+from profiler.convergence import CANARY_LIMIT, CanaryReference
 from profiler.dataset import DatasetWriter, read_dataset
 from profiler.measure import MeasureJob, dataset_settings, measure_archs
 from profiler.protocol import TimingProtocol
@@ -62,14 +62,29 @@ def test_a_machine_is_its_host_cpu_and_python():
         assert machine_key({**MACHINE, fact: other}) != machine_key(MACHINE)
 
 
+def test_canaries_are_judged_against_the_machines_fast_level_when_the_session_is_mostly_slow():
+    history = CanaryHistory()
+    reference = CanaryReference(history=history)
+    reference.update(pair(15, canary_ns=1500))
+    reference.update(pair(10, canary_ns=1000))
+    reference.update(pair(15, canary_ns=1500))
+    assert reference.typical_ns == 1500  # no history yet: the session's median, slow
+    for _ in range(MIN_ROUNDS):
+        history.record(1000)
+    assert reference.typical_ns == 1000
+    fast = CanaryReference(history=history)
+    fast.update(pair(10, canary_ns=900))
+    assert fast.typical_ns == 900  # the session's own level when it is the lower
+
+
 class ProbedTarget:
     """A device whose gate probe reads `probe_ns` before every round, and which keeps the gate's
     contract: with a limit below the probe, the wait runs out (the host stays slow)."""
 
     name, threads = "probed", 1
 
-    def __init__(self, probe_ns: float, latency_ms: float):
-        self.probe_ns, self.latency_ms = probe_ns, latency_ms
+    def __init__(self, probe_ns: float, latency_ms: float, slow_every: int = 0):
+        self.probe_ns, self.latency_ms, self.slow_every = probe_ns, latency_ms, slow_every
         self.specs = []
 
     def info(self):
@@ -81,7 +96,9 @@ class ProbedTarget:
         wobble = 1 + 0.002 * ((len(self.specs) % 3) - 1)
         gate = {"seen": {"canary_ns": self.probe_ns}, "timed_out": slow, "unfit": "slow" if slow else None,
                 "waited_s": 3600.0 if slow else 0.0}
-        return pair(self.latency_ms * wobble, runs=spec.runs, canary_ns=int(self.probe_ns), gate=gate)
+        slowed = self.slow_every and (len(self.specs) - 1) % self.slow_every == 0  # slowed after the probe passed
+        latency, canary = (1.5 * self.latency_ms, 1.5 * self.probe_ns) if slowed else (self.latency_ms, self.probe_ns)
+        return pair(latency * wobble, runs=spec.runs, canary_ns=int(canary), gate=gate)
 
     def close(self):
         pass
@@ -121,6 +138,22 @@ def test_a_session_slow_from_start_to_end_is_flagged_on_a_machine_known_to_be_fa
     assert bool(read_dataset(tmp_path / "slow.csv")["unstable"].iloc[0])
     # the session's probes joined the machine's history
     assert CanaryHistory.for_machine(MACHINE, tmp_path / "cache").probes == [1000.0] * MIN_ROUNDS + [1500.0] * 6
+
+
+def test_rounds_slowed_after_the_probe_are_discarded_when_half_the_session_is_slow(tmp_path, monkeypatch):
+    monkeypatch.setattr(measure, "get_artifact", lambda arch, *a, **k: tmp_path / arch.arch_id)
+    protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=12, trim=0.1)
+    # every other round, the first included, 1.5x slower, canary and model alike: the session's
+    # median canary is then never below halfway, so alone the slow rounds' canaries would pass
+    _known_machine(tmp_path, 1000)
+    target = ProbedTarget(1000, latency_ms=10.0, slow_every=2)
+    row = _measure(tmp_path, "half.csv", target, protocol)
+    assert row["converged"] and row["discarded_why"] == "canary=4" and row["rounds_used"] == 4
+    assert row["latency_ms"] == pytest.approx(10.0, rel=0.005)
+    alone = ProbedTarget(1000, latency_ms=10.0, slow_every=2)
+    row = _measure(tmp_path / "new", "half.csv", alone, protocol)
+    # on a machine never seen, the slow rounds are the majority and the session converges on them
+    assert row["converged"] and row["latency_ms"] == pytest.approx(15.0, rel=0.005)
 
 
 def test_a_machine_at_its_fast_level_is_not_held_up_and_the_fixed_protocol_is_never_gated(tmp_path, monkeypatch):
