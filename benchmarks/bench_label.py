@@ -31,6 +31,7 @@ import pandas as pd
 
 from _load import busy_loops
 from profiler.dataset import measurements_from_raw, raw_path_for
+from profiler.metadata import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOLS = {"converging": [], "fixed": ["--fixed"]}
@@ -38,7 +39,7 @@ PROTOCOLS = {"converging": [], "fixed": ["--fixed"]}
 
 def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
     command = [sys.executable, "-m", "hatprof", "measure", "--device", "local", "--space", "compact",
-               "--samples", "1", "--seed", str(args.seed), "--out", str(out), *extra]
+               "--samples", "1", "--seed", str(args.seed), "--out", str(out), "--cooldown", str(args.cooldown), *extra]
     subprocess.run(command, check=True, capture_output=True, text=True)
     row = pd.read_csv(out).iloc[0]
     raw = json.loads(raw_path_for(out).read_text())
@@ -47,7 +48,7 @@ def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
             "unstable": bool(row["unstable"]), "interval": float(row["interval"]),
             "rounds_used": int(row["rounds_used"]), "rounds_discarded": int(row["rounds_discarded"]),
             "discarded_why": "" if pd.isna(row["discarded_why"]) else str(row["discarded_why"]),
-            "device_s": float(row["device_s"]),
+            "device_s": float(row["device_s"]), "gate_wait_s": float(row["gate_wait_s"]),
             # how the machine behaved: each label round's total, and the canary's median over its fastest
             "round_totals_ms": _round_totals_ms(raw, float(row["trim"])),
             "canary_median_over_min": statistics.median(canaries) / min(canaries) if canaries else None}
@@ -77,11 +78,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the one sampled compact architecture")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--conditions", default="quiet,hog")
+    parser.add_argument("--cooldown", type=float, default=120.0,
+                        help="the gate's longest wait before a round (hatprof measure --cooldown)")
     parser.add_argument("--out", type=Path, default=RESULTS / "label.json")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     hog_cpu = cpus[0] if len(cpus) > 1 else None  # the measurement pins the highest-numbered CPU
-    result: dict = {"seed": args.seed, "load_before": os.getloadavg(), "conditions": {}}
+    result: dict = {"seed": args.seed, "machine": {"host": os.uname().nodename, "cpu_model": cpu_model(),
+                                                   "cpus": cpus, "hog_cpu": hog_cpu},
+                    "load_before": os.getloadavg(), "conditions": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for condition in args.conditions.split(","):
             runs: dict[str, list[dict]] = {name: [] for name in PROTOCOLS}
@@ -98,9 +103,9 @@ def main() -> None:
                                   for repeat in range(args.repeats)]
             result["conditions"][condition] = {name: {"summary": summarise(rows), "rows": rows}
                                                for name, rows in runs.items()}
-    result["load_after"] = os.getloadavg()
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+            result["load_after"] = os.getloadavg()
+            args.out.parent.mkdir(exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")  # after each condition: a cut run keeps some
     print(json.dumps({c: {n: {k: v for k, v in p["summary"].items() if k != "labels_ms"} for n, p in ps.items()}
                       for c, ps in result["conditions"].items()}, indent=2))
 
