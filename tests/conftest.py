@@ -1,6 +1,12 @@
-"""Shared test set-up: every test session uses its own artifact cache, never ~/.cache; the
-ONNX artifact of the compact space's smallest SubTransformer, for tests that time one."""
+"""Shared test set-up: every test session uses its own artifact cache, never ~/.cache, and
+every test starts without a machine's canary history (so no test's rounds wait for a fast
+host unless it sets that up); the ONNX artifact of the compact space's smallest
+SubTransformer, for tests that time one."""
 from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +17,11 @@ def _isolated_artifact_cache(tmp_path_factory):
     mp.setenv("HATPROF_CACHE", str(tmp_path_factory.mktemp("artifact-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _no_canary_history(_isolated_artifact_cache):
+    shutil.rmtree(Path(os.environ["HATPROF_CACHE"]) / "canary", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
