@@ -81,7 +81,9 @@ def test_authenticated_requests_in_flight_are_not_evicted(tmp_path):
         with socket.create_connection(_address(server), timeout=5) as sock:
             sock.sendall(f"PUT /v1/artifacts/{SHA}/encoder.onnx HTTP/1.1\r\nHost: x\r\n"
                          f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n".encode())
-            assert wait_until(lambda: server._connections._value == 0)
+            # the slot is taken and its request passed the token check (before that, it is
+            # unauthenticated and may be closed for a newcomer)
+            assert wait_until(lambda: server._connections._value == 0 and list(server._open.values()) == [None])
             status, _, body = request(server.url, "GET", "/v1/health", token=None)
             assert (status, body["error"]["code"]) == (503, "busy")
     finally:
