@@ -63,11 +63,16 @@ def test_slow_unauthenticated_connections_make_way_for_new_ones(tmp_path):
         slow = [socket.create_connection(_address(server), timeout=5) for _ in range(2)]
         for sock in slow:
             sock.sendall(b"GET /v1/health HTTP/1.1\r\n")  # and nothing more, no token
-        assert wait_until(lambda: server._connections._value == 0)
+        # both slots taken and both requests begun (the agent dates a request from its handler's start)
+        assert wait_until(lambda: server._connections._value == 0 and len(server._open) == 2
+                          and None not in server._open.values())
+        with server._open_lock:
+            oldest_port = min(server._open.items(), key=lambda item: item[1])[0].getpeername()[1]
         status, _, body = request(server.url, "GET", "/v1/health", token=None)
         assert (status, body["status"]) == (200, "ok")
-        slow[0].settimeout(5)
-        assert _closed_by_peer(slow[0])  # the oldest slow one was closed to make room
+        [oldest] = [sock for sock in slow if sock.getsockname()[1] == oldest_port]
+        oldest.settimeout(5)
+        assert _closed_by_peer(oldest)  # the oldest slow one was closed to make room
         for sock in slow:
             sock.close()
     finally:
