@@ -61,8 +61,8 @@ def protocol_options(command):
                           "rounds (0: never)."),
         click.option("--max-temp", "max_temp_c", type=float, default=defaults.max_temp_c, show_default=True,
                      help="Before a round, wait while the board is this hot (degrees C), its firmware "
-                          "says it is throttled, or (converging) its canary runs 25% slower than the "
-                          "machine's fast level..."),
+                          "says it is throttled, or (converging; 60 s at most per architecture) its "
+                          "canary runs 25% slower than the machine's fast level..."),
         click.option("--cooldown", "cooldown_s", type=float, default=defaults.cooldown_s, show_default=True,
                      help="...but at most this many seconds (then the round is timed, and discarded)."),
         click.option("--threads", type=int, default=defaults.threads, show_default=True,

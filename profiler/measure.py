@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds an architecture's rounds may wait, in all, for a slow host to be fast again.
+SLOW_WAIT_BUDGET_S = 60.0
+
 
 @dataclass(frozen=True)
 class ArchResult:
@@ -106,7 +109,7 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
         for arch, artifact, state in pending:
             start = time.monotonic()
             try:
-                pair = target.measure_round(artifact, job.fmt, _gated(spec, history) if p.converging else spec)
+                pair = target.measure_round(artifact, job.fmt, _gated(spec, history, state) if p.converging else spec)
             except HatprofError as exc:
                 logger.warning("architecture %s: measurement failed: %s", arch.arch_id, exc)
                 failed[arch.arch_id] = exc
@@ -122,11 +125,16 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
     return states, failed
 
 
-def _gated(spec: RoundSpec, history: CanaryHistory) -> RoundSpec:
+def _gated(spec: RoundSpec, history: CanaryHistory, state: ArchRounds) -> RoundSpec:
     """`spec`, asking the device to wait (within its cooldown) while its canary probe is
-    `CANARY_LIMIT` above the machine's fast level (once that is known)."""
+    `CANARY_LIMIT` above the machine's fast level (once that is known), until the
+    architecture's waits add up to `SLOW_WAIT_BUDGET_S`: then its rounds are timed at once
+    and judged by their canaries, so a host slow for long costs a flagged row, not hours."""
     fast = history.fast_ns
-    return dataclasses.replace(spec, slow_canary_ns=fast * (1 + CANARY_LIMIT)) if fast else spec
+    waited = sum(float((pair.gate or {}).get("waited_s", 0.0)) for pair in state.pairs)
+    if not fast or waited >= SLOW_WAIT_BUDGET_S:
+        return spec
+    return dataclasses.replace(spec, slow_canary_ns=fast * (1 + CANARY_LIMIT))
 
 
 def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict[str, str],
