@@ -8,8 +8,10 @@ So the gate's probe before every round (the median of a few canary runs back to 
 `profiler.gate`) is kept in the artifact cache (`<cache>/canary/<key>.json`, the last
 `HISTORY_ROUNDS`), and `FAST_QUANTILE` of them is the machine's fast level, once `MIN_ROUNDS`
 are known; the coordinator asks the gate to wait while the probe is above it by more than
-`profiler.convergence.CANARY_LIMIT`. The probe, unlike the canary between a model's runs,
-does not depend on the model (a bigger model leaves less of the interpreter in the cache).
+`profiler.convergence.CANARY_LIMIT`, and judges the canaries between a model's runs against
+it too when it is below the session's median. The probe is recorded rather than those
+canaries because it does not depend on the model timed before it (on the development VM
+the two sit within about 5% of each other, for small and large architectures alike).
 A machine is its hostname, CPU model, CPU architecture and Python (the canary is pure
 Python). Delete the file to start the machine's history afresh (e.g. after moving a VM to
 other hardware under the same name).

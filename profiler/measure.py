@@ -128,7 +128,7 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
 def _gated(spec: RoundSpec, history: CanaryHistory, state: ArchRounds) -> RoundSpec:
     """`spec`, asking the device to wait (within its cooldown) while its canary probe is
     `CANARY_LIMIT` above the machine's fast level (once that is known), until the
-    architecture's waits add up to `SLOW_WAIT_BUDGET_S`: then its rounds are timed at once
+    architecture's gate waits (any reason) add up to `SLOW_WAIT_BUDGET_S`: then its rounds are timed at once
     and judged by their canaries, so a host slow for long costs a flagged row, not hours."""
     fast = history.fast_ns
     waited = sum(float((pair.gate or {}).get("waited_s", 0.0)) for pair in state.pairs)
