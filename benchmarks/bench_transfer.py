@@ -96,7 +96,7 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                 intervals = adapted.intervals
                 if intervals is not None and intervals.rows >= intervals.min_rows(INTERVAL_CONFIDENCE):
                     metrics[f"coverage_{round(100 * INTERVAL_CONFIDENCE)}"] = intervals.coverage(
-                        y[held], predicted, INTERVAL_CONFIDENCE)
+                        y[held], predicted, INTERVAL_CONFIDENCE, **adapted.interval_inputs(new.iloc[held]))
                 alone_predicted = fit_prepared(prep, few, DEFAULT_MODEL).predict_parts(prep.X[held])["total"]
                 # The one kind that uses no base: how much of the gain the base itself brings.
                 costs = adapt(base, new.iloc[few], "costs", intervals=False).predict_frame(new.iloc[held])

@@ -53,9 +53,11 @@ class PredictedLatency:
                          f"(hatprof search --supernet {own.name}.pt ...)")
 
     def __call__(self, archs: Sequence[ArchConfig]) -> list[float]:
-        predicted = self.predictor.predict_archs(list(archs))
+        archs = list(archs)
+        predicted = self.predictor.predict_archs(archs)
         if self.confidence is not None:
             from predictor.conformal import intervals_of
 
-            predicted = intervals_of(self.predictor).bounds(predicted, self.confidence)[1]
+            predicted = intervals_of(self.predictor).bounds(predicted, self.confidence,
+                                                            **self.predictor.interval_inputs(archs=archs))[1]
         return [float(ms) for ms in predicted]

@@ -132,6 +132,11 @@ class LatencyPredictor:
         """Total latency (ms) of each architecture; one outside the space is a SpaceError."""
         return self.predict_parts(_features.from_archs(self.feature_set, archs, self.context))["total"]
 
+    def interval_inputs(self, df: pd.DataFrame | None = None,
+                        archs: Sequence[ArchConfig] | None = None) -> dict[str, np.ndarray]:
+        """Nothing: split-conformal intervals need only the prediction (`Conformal.bounds`)."""
+        return {}
+
     def predict_frame(self, df: pd.DataFrame) -> pd.DataFrame:
         """Predictions for latency rows: `predicted_ms`, and per part when the model has parts."""
         _data.check_inputs(df)

@@ -11,7 +11,9 @@ A predictor file is a zip archive of two members:
   `allow_pickle=False`.
 
 Since format version 2 the manifest also carries the prediction intervals' conformal
-scores (`predictor.conformal`); version 1 files still load, without intervals.
+scores (`predictor.conformal`), and an adapted predictor's manifest its k left-out
+corrections and its rows' leverage (jackknife+; adapted files without them keep plain
+jackknife intervals); version 1 files still load, without intervals.
 
 Tree ensembles are stored as their exported node arrays (see `predictor.trees`), not as
 a refit recipe: the file then predicts without scikit-learn and cannot drift when
@@ -58,6 +60,9 @@ class Predictor(Protocol):
     def predict_archs(self, archs: Sequence[ArchConfig]) -> np.ndarray: ...
 
     def predict_frame(self, df: pd.DataFrame) -> pd.DataFrame: ...
+
+    def interval_inputs(self, df: pd.DataFrame | None = None,
+                        archs: Sequence[ArchConfig] | None = None) -> dict[str, np.ndarray]: ...
 
 
 KINDS = {"latency": LatencyPredictor, "transfer": TransferPredictor}

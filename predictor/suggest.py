@@ -24,7 +24,7 @@ from profiler.space import ArchConfig, DesignSpace
 
 from predictor import features as _features
 from predictor.core import LatencyPredictor
-from predictor.transfer import standardise
+from predictor.leverage import standardise
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ all candidates are linear in the bases and x, so the result is one correction. T
 alone take part only when their ridge penalty is one leave-one-out can judge (see
 `_ALPHAS`); "costs" is that ridge at the floor, with the cost terms free.
 The adapted predictor's intervals (`predictor.conformal`) come from a second, outer
-leave-one-out of that whole procedure, weights included (jackknife).
+leave-one-out of that whole procedure, weights included: jackknife+, normalised by each
+row's leverage (`predictor.leverage`); the k left-out corrections are kept for it.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from profiler.space import ArchConfig, DesignSpace
 from predictor import data as _data
 from predictor import features as _features
 from predictor.conformal import Conformal
+from predictor.leverage import Leverage, standardise
 from predictor.core import (DEFAULT_MODEL, MIN_ROWS, LatencyPredictor, fit_prepared, jsonable,
                             library_versions, model_spec, prediction_frame, prepare)
 from predictor.metrics import latency_metrics
@@ -95,6 +97,8 @@ class TransferPredictor:
     feature_set: str = FEATURE_SET
     metadata: dict[str, Any] = field(default_factory=dict)
     intervals: Conformal | None = None
+    left_out: tuple[dict[str, Correction], ...] = ()
+    leverage: Leverage | None = None
 
     @property
     def space(self) -> DesignSpace | None:
@@ -107,22 +111,31 @@ class TransferPredictor:
 
     def predict_archs(self, archs: Sequence[ArchConfig]) -> np.ndarray:
         """Total latency (ms) on the new device of each architecture."""
-        X = _features.from_archs(self.feature_set, archs, self.base.context)
-        parts = [b.predict_parts(_features.from_archs(b.feature_set, archs, b.context)) for b in self.bases]
-        return self._predict(parts, X)["total"]
+        return _predict(self.corrections, *self._inputs(archs=archs))["total"]
 
     def predict_frame(self, df: pd.DataFrame) -> pd.DataFrame:
         """Predictions for latency rows, with the same columns as `LatencyPredictor`'s."""
         _data.check_inputs(df)
-        X = _features.from_frame(self.feature_set, df, self.base.context)
-        parts = [_base_parts(b, df) for b in self.bases]
-        return prediction_frame(self._predict(parts, X), df.index)
+        return prediction_frame(_predict(self.corrections, *self._inputs(df=df)), df.index)
 
-    def _predict(self, parts: list[dict[str, np.ndarray]], X: np.ndarray) -> dict[str, np.ndarray]:
-        out = {t: c.apply([p[t] for p in parts], X) for t, c in self.corrections.items()}
-        if "total" not in out:
-            out["total"] = sum(out.values())
-        return out
+    def interval_inputs(self, df: pd.DataFrame | None = None,
+                        archs: Sequence[ArchConfig] | None = None) -> dict[str, np.ndarray]:
+        """What jackknife+ intervals need beyond the prediction, for rows or architectures:
+        each left-out correction's prediction and the spread (`Conformal.bounds`)."""
+        if not self.left_out or self.leverage is None:
+            return {}
+        parts, X = self._inputs(df, archs)
+        predicted = _predict(self.corrections, parts, X)["total"]
+        return {"left_out_ms": np.array([_predict(c, parts, X)["total"] for c in self.left_out]),
+                "spread": self.leverage.spread(X, predicted)}
+
+    def _inputs(self, df: pd.DataFrame | None = None,
+                archs: Sequence[ArchConfig] | None = None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """Each base's predicted parts and the correction's features, of rows or architectures."""
+        if df is not None:
+            return [_base_parts(b, df) for b in self.bases], _features.from_frame(self.feature_set, df, self.base.context)
+        parts = [b.predict_parts(_features.from_archs(b.feature_set, archs, b.context)) for b in self.bases]
+        return parts, _features.from_archs(self.feature_set, archs, self.base.context)
 
     def to_payload(self) -> tuple[dict, dict[str, np.ndarray]]:
         arrays: dict[str, np.ndarray] = {}
@@ -132,7 +145,9 @@ class TransferPredictor:
             bases.append(manifest)
             arrays.update(part)
         manifest = {"kind": "transfer", "method": self.method, "feature_set": self.feature_set,
-                    "corrections": {t: jsonable(asdict(c)) for t, c in self.corrections.items()},
+                    "corrections": _corrections_dict(self.corrections),
+                    "left_out": [_corrections_dict(c) for c in self.left_out],
+                    "leverage": None if self.leverage is None else self.leverage.to_dict(),
                     "metadata": jsonable(self.metadata), "bases": bases}
         return manifest, arrays
 
@@ -143,15 +158,33 @@ class TransferPredictor:
                                  "corrections this one no longer reads; adapt it again")
         bases = tuple(LatencyPredictor.from_payload(m, arrays, prefix=f"base{i}/")
                       for i, m in enumerate(manifest["bases"]))
-        corrections = {t: Correction(tuple(map(float, c["scales"])), float(c["offset"]),
-                                     tuple(map(float, c["coef"])))
-                       for t, c in manifest["corrections"].items()}
+        corrections = _corrections_of(manifest["corrections"])
         feature_set = manifest.get("feature_set", bases[0].feature_set)
         if manifest.get("own") is not None:  # an "alone" predictor written before corrections held it
             own = LatencyPredictor.from_payload(manifest["own"], arrays, prefix="own/")
             corrections = {t: _ridge_correction(e, len(bases)) for t, e in own.estimators.items()}
             feature_set = own.feature_set
-        return cls(bases, manifest["method"], corrections, feature_set, manifest.get("metadata", {}))
+        leverage = manifest.get("leverage")
+        return cls(bases, manifest["method"], corrections, feature_set, manifest.get("metadata", {}),
+                   left_out=tuple(_corrections_of(c) for c in manifest.get("left_out", [])),
+                   leverage=None if leverage is None else Leverage.from_dict(leverage))
+
+
+def _predict(corrections: dict[str, Correction], parts: list[dict[str, np.ndarray]],
+             X: np.ndarray) -> dict[str, np.ndarray]:
+    out = {t: c.apply([p[t] for p in parts], X) for t, c in corrections.items()}
+    if "total" not in out:
+        out["total"] = sum(out.values())
+    return out
+
+
+def _corrections_dict(corrections: dict[str, Correction]) -> dict[str, Any]:
+    return {t: jsonable(asdict(c)) for t, c in corrections.items()}
+
+
+def _corrections_of(data: dict[str, Any]) -> dict[str, Correction]:
+    return {t: Correction(tuple(map(float, c["scales"])), float(c["offset"]), tuple(map(float, c["coef"])))
+            for t, c in data.items()}
 
 
 def _base_parts(base: LatencyPredictor, df: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -180,12 +213,6 @@ def _weighted_ridge(free: np.ndarray, penalised: np.ndarray, y: np.ndarray, w: n
     beta = G_inv @ (A.T @ (y * np.sqrt(w)))
     leverage = np.einsum("ij,jk,ik->i", A, G_inv, A)
     return beta, (y - Z @ beta) / np.maximum(1.0 - leverage, 1e-9)
-
-
-def standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations (1 for a constant column), as the ridge uses."""
-    mean, scale = X.mean(axis=0), X.std(axis=0)
-    return mean, np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
 
 
 def stack_weights(loo_ms: np.ndarray, y_ms: np.ndarray) -> np.ndarray:
@@ -279,10 +306,10 @@ class _Rows:
             loo_total += y - loo
         return fitted, loo_total
 
-    def correction(self, cand: _Candidate, target: str, state: tuple) -> Correction:
+    def correction(self, cand: _Candidate, target: str, state: tuple, exact: bool = True) -> Correction:
         """A fitted state as a `Correction` on raw features and every base; "alone" is the
-        k-rows-alone ridge itself."""
-        if cand.kind == "alone":
+        k-rows-alone ridge itself when `exact` (else its fit on the state's rows)."""
+        if cand.kind == "alone" and exact:
             return _ridge_correction(self.own[target], len(self.base))
         beta, norms, mean, scale = state
         free = beta[:len(norms)] / np.asarray(norms)
@@ -325,13 +352,16 @@ class _Rows:
         scores["stack"] = float(100 * np.sqrt(np.mean(np.square(loo @ weights / y - 1))))
         return _Fit(usable, [f[0] for f in fits], weights, scores)
 
-    def jackknife(self, candidates: Sequence[_Candidate]) -> np.ndarray:
-        """Total latency (ms) of each row predicted by the whole combination made without it."""
+    def jackknife(self, candidates: Sequence[_Candidate]) -> tuple[np.ndarray, list[dict[str, Correction]]]:
+        """Total latency (ms) of each row predicted by the whole combination made without it,
+        and those combinations' corrections."""
         n = len(self.ys["total"])
-        predicted = np.empty(n)
+        predicted, corrections = np.empty(n), []
         for i in range(n):
-            predicted[i] = self.combine(candidates, np.delete(np.arange(n), i)).predict(self, np.array([i]))[0]
-        return predicted
+            fit = self.combine(candidates, np.delete(np.arange(n), i))
+            predicted[i] = fit.predict(self, np.array([i]))[0]
+            corrections.append(fit.corrections(self, exact=False))
+        return predicted, corrections
 
 
 @dataclass
@@ -347,11 +377,11 @@ class _Fit:
         return sum(w * rows_data.predict(c, s, rows)
                    for c, s, w in zip(self.candidates, self.states, self.weights) if w > 0)
 
-    def corrections(self, rows_data: _Rows) -> dict[str, Correction]:
+    def corrections(self, rows_data: _Rows, exact: bool = True) -> dict[str, Correction]:
         """The weighted sum of the candidates' corrections, per target."""
         out = {}
         for t in rows_data.targets:
-            parts = [(w, rows_data.correction(c, t, s[t]))
+            parts = [(w, rows_data.correction(c, t, s[t], exact))
                      for c, s, w in zip(self.candidates, self.states, self.weights) if w > 0]
             out[t] = Correction(tuple(float(v) for v in sum(w * np.asarray(c.scales) for w, c in parts)),
                                 float(sum(w * c.offset for w, c in parts)),
@@ -413,10 +443,12 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     if k < fewest:
         raise PredictorError(f"the {method} correction needs at least {fewest} rows, got {k}")
     combined = rows.combine(candidates, np.arange(k))
-    conformal, cv = None, None
+    conformal, cv, left_out, leverage = None, None, (), None
     if intervals and k - 1 >= fewest:
-        predicted = rows.jackknife(candidates)
-        conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife (leave-one-out of the adaptation)")
+        predicted, left_out = rows.jackknife(candidates)
+        leverage, spread = Leverage.fit(rows.X, ys["total"])
+        conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife+ (leave-one-out of the "
+                                             "adaptation, normalised by leverage)", spread)
         cv = latency_metrics(ys["total"], predicted)
     weights = {c.name: round(float(w), 4) for c, w in zip(combined.candidates, combined.weights) if w > 0}
     log.info("adapted %s to %s from %d rows: %s (leave-one-out RMSPE %s)", ", ".join(devices),
@@ -431,7 +463,8 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
         "adapted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-    return TransferPredictor(bases, method, combined.corrections(rows), FEATURE_SET, metadata, conformal)
+    return TransferPredictor(bases, method, combined.corrections(rows), FEATURE_SET, metadata, conformal,
+                             tuple(left_out), leverage)
 
 
 def _own_ridge(df: pd.DataFrame, names: tuple[str, ...]) -> dict[str, CostRidgeRegressor] | None:
@@ -486,7 +519,8 @@ def evaluate_transfer(base: LatencyPredictor | Sequence[LatencyPredictor], df: p
         predicted = adapted.predict_frame(df.iloc[rest])["predicted_ms"].to_numpy()
         runs["adapted"].append(latency_metrics(measured, predicted))
         if adapted.intervals is not None and adapted.intervals.rows >= adapted.intervals.min_rows(confidence):
-            coverage.append(adapted.intervals.coverage(measured, predicted, confidence))
+            coverage.append(adapted.intervals.coverage(measured, predicted, confidence,
+                                                       **adapted.interval_inputs(df.iloc[rest])))
         scratch = fit_prepared(prep, few, scratch_model, seed=seed)
         runs["scratch"].append(latency_metrics(measured, scratch.predict_parts(prep.X[rest])["total"]))
     summary: dict[str, Any] = {"k": k, "repeats": repeats, "held_out": len(df) - k,

@@ -111,7 +111,7 @@ def test_adapt_then_eval(files):
     assert "held-out error by leave-one-out of the adaptation: n=15" in result.output
     result = invoke("eval", "--predictor", out, "--data", files["pi"])
     assert result.exit_code == 0 and "n=80" in result.output
-    assert "90% intervals (jackknife (leave-one-out of the adaptation), 15 scored rows) cover" in result.output
+    assert "90% intervals (jackknife+ (leave-one-out of the adaptation, normalised by leverage), 15 scored rows) cover" in result.output
 
 
 def test_predict_gives_intervals_and_their_coverage(files):

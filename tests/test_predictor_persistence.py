@@ -101,6 +101,10 @@ def test_adapted_predictor_round_trip(frame, saved, tmp_path, method):
     assert loaded.method == method and loaded.corrections == adapted.corrections
     pd.testing.assert_frame_equal(loaded.predict_frame(frame), adapted.predict_frame(frame))
     assert loaded.intervals == adapted.intervals and loaded.intervals.rows == 15
+    assert loaded.left_out == adapted.left_out and len(loaded.left_out) == 15
+    predicted = adapted.predict_frame(frame)["predicted_ms"].to_numpy()
+    bounds = [p.intervals.bounds(predicted, 0.9, **p.interval_inputs(frame)) for p in (adapted, loaded)]
+    np.testing.assert_array_equal(bounds[0], bounds[1])
 
 
 def test_intervals_are_stored_with_the_predictor(saved):

@@ -95,7 +95,8 @@ def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic:
     click.echo(_metrics_line(metrics))
     if pred.intervals is not None:
         level = confidence or INTERVAL_CONFIDENCE
-        metrics[f"coverage_{round(100 * level)}"] = coverage = pred.intervals.coverage(measured, predicted, level)
+        metrics[f"coverage_{round(100 * level)}"] = coverage = pred.intervals.coverage(
+            measured, predicted, level, **pred.interval_inputs(df))
         click.echo(f"{level:.0%} intervals ({pred.intervals.method}, {pred.intervals.rows} scored rows) "
                    f"cover {coverage:.1%} of the rows")
     if json_out:
@@ -131,9 +132,10 @@ def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out
             table.insert(0, "arch_id", df["arch_id"])
     if confidence is not None:
         intervals = intervals_of(pred)
-        table["lower_ms"], table["upper_ms"] = intervals.bounds(table["predicted_ms"].to_numpy(), confidence)
+        inputs = pred.interval_inputs(archs=archs) if data is None else pred.interval_inputs(df)
+        table["lower_ms"], table["upper_ms"] = intervals.bounds(table["predicted_ms"].to_numpy(), confidence, **inputs)
         if data is not None:
-            coverage = intervals.coverage(measured_total(df), table["predicted_ms"].to_numpy(), confidence)
+            coverage = intervals.coverage(measured_total(df), table["predicted_ms"].to_numpy(), confidence, **inputs)
             click.echo(f"{confidence:.0%} intervals cover {coverage:.1%} of the {len(df)} measured rows", err=True)
     text = table.to_csv(index=False, float_format="%.4f")
     if out:

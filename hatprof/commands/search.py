@@ -226,7 +226,7 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
     latency = PredictedLatency.load(predictor_path, confidence)
     latency.check_space(task.space, supernet_path)
     if confidence is not None:
-        intervals_of(latency.predictor).bounds([1.0], confidence)  # fail now: no or too few scored rows
+        intervals_of(latency.predictor).check(confidence)  # fail now: no or too few scored rows
     settings = SearchSettings(strategy=strategy, iterations=iterations, population=population,
                               mutation_prob=mutation_prob, crossover_prob=crossover_prob, seed=seed)
     with measuring(measure_device, measure_runs, task.net, out.with_suffix(".measured.csv"),
