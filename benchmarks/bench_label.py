@@ -51,7 +51,10 @@ def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
             "device_s": float(row["device_s"]), "gate_wait_s": float(row["gate_wait_s"]),
             # how the machine behaved: each label round's total, and the canary's median over its fastest
             "round_totals_ms": _round_totals_ms(raw, float(row["trim"])),
-            "canary_median_over_min": statistics.median(canaries) / min(canaries) if canaries else None}
+            "canary_median_over_min": statistics.median(canaries) / min(canaries) if canaries else None,
+            # every round in the sidecar (discarded ones too): aligned with round_totals_ms under --fixed
+            "round_canary_us": [statistics.median(c for part in r["canary_ns"].values() for c in part) / 1e3
+                                for r in raw["environment"]["rounds"]]}
 
 
 def _round_totals_ms(raw: dict, trim: float) -> list[float]:

@@ -83,15 +83,16 @@ class Conformal:
         needs each left-out model's predictions (`left_out_ms`, one row per model) and the
         architectures' `spread`."""
         self.check(confidence)
-        q = self.quantile(confidence)
-        p = np.asarray(predicted_ms, dtype=np.float64)
         if not self.plus:
+            q = self.quantile(confidence)
+            p = np.asarray(predicted_ms, dtype=np.float64)
             return np.maximum(p * (1 - q), 0.0), p * (1 + q)
         if left_out_ms is None or spread is None:
             raise PredictorError("jackknife+ intervals need the left-out models' predictions and the spread")
+        rank = _ceil(confidence * (self.rows + 1))
         mu, width = np.atleast_2d(left_out_ms), np.outer(self.scores, spread)
-        low = np.sort(mu * (1 - width), axis=0)[self.rows - _ceil(confidence * (self.rows + 1))]
-        high = np.sort(mu * (1 + width), axis=0)[_ceil(confidence * (self.rows + 1)) - 1]
+        low = np.sort(mu * (1 - width), axis=0)[self.rows - rank]
+        high = np.sort(mu * (1 + width), axis=0)[rank - 1]
         return np.maximum(low, 0.0), high
 
     def coverage(self, measured_ms: np.ndarray, predicted_ms: np.ndarray, confidence: float,
