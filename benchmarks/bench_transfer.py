@@ -91,12 +91,12 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                 # The intervals' outer leave-one-out costs k adaptations: scored where the
                 # acceptance reads them (k = 10, 20; at k = 5 a 90% interval is unbounded).
                 adapted = adapt(base, new.iloc[few], intervals=k in INTERVAL_KS)
-                predicted = adapted.predict_frame(new.iloc[held])["predicted_ms"].to_numpy()
+                predicted, inputs = adapted.predict_with_inputs(new.iloc[held])
                 metrics = latency_metrics(y[held], predicted)
                 intervals = adapted.intervals
                 if intervals is not None and intervals.rows >= intervals.min_rows(INTERVAL_CONFIDENCE):
                     metrics[f"coverage_{round(100 * INTERVAL_CONFIDENCE)}"] = intervals.coverage(
-                        y[held], predicted, INTERVAL_CONFIDENCE, **adapted.interval_inputs(new.iloc[held]))
+                        y[held], predicted, INTERVAL_CONFIDENCE, **inputs)
                 alone_predicted = fit_prepared(prep, few, DEFAULT_MODEL).predict_parts(prep.X[held])["total"]
                 # The one kind that uses no base: how much of the gain the base itself brings.
                 costs = adapt(base, new.iloc[few], "costs", intervals=False).predict_frame(new.iloc[held])

@@ -54,10 +54,9 @@ class PredictedLatency:
 
     def __call__(self, archs: Sequence[ArchConfig]) -> list[float]:
         archs = list(archs)
-        predicted = self.predictor.predict_archs(archs)
-        if self.confidence is not None:
-            from predictor.conformal import intervals_of
+        if self.confidence is None:
+            return [float(ms) for ms in self.predictor.predict_archs(archs)]
+        from predictor.conformal import intervals_of
 
-            predicted = intervals_of(self.predictor).bounds(predicted, self.confidence,
-                                                            **self.predictor.interval_inputs(archs=archs))[1]
-        return [float(ms) for ms in predicted]
+        predicted, inputs = self.predictor.predict_with_inputs(archs=archs)
+        return [float(ms) for ms in intervals_of(self.predictor).bounds(predicted, self.confidence, **inputs)[1]]

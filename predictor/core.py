@@ -137,6 +137,13 @@ class LatencyPredictor:
         """Nothing: split-conformal intervals need only the prediction (`Conformal.bounds`)."""
         return {}
 
+    def predict_with_inputs(self, df: pd.DataFrame | None = None, archs: Sequence[ArchConfig] | None = None
+                            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Total latency (ms) of rows or architectures, and `interval_inputs` (nothing)."""
+        if df is None:
+            return self.predict_archs(archs), {}
+        return self.predict_frame(df)["predicted_ms"].to_numpy(), {}
+
     def predict_frame(self, df: pd.DataFrame) -> pd.DataFrame:
         """Predictions for latency rows: `predicted_ms`, and per part when the model has parts."""
         _data.check_inputs(df)

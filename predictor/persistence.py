@@ -64,6 +64,9 @@ class Predictor(Protocol):
     def interval_inputs(self, df: pd.DataFrame | None = None,
                         archs: Sequence[ArchConfig] | None = None) -> dict[str, np.ndarray]: ...
 
+    def predict_with_inputs(self, df: pd.DataFrame | None = None, archs: Sequence[ArchConfig] | None = None
+                            ) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
 
 KINDS = {"latency": LatencyPredictor, "transfer": TransferPredictor}
 

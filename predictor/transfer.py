@@ -118,16 +118,27 @@ class TransferPredictor:
         _data.check_inputs(df)
         return prediction_frame(_predict(self.corrections, *self._inputs(df=df)), df.index)
 
-    def interval_inputs(self, df: pd.DataFrame | None = None,
-                        archs: Sequence[ArchConfig] | None = None) -> dict[str, np.ndarray]:
-        """What jackknife+ intervals need beyond the prediction, for rows or architectures:
-        each left-out correction's prediction and the spread (`Conformal.bounds`)."""
-        if not self.left_out or self.leverage is None:
-            return {}
+    def predict_with_inputs(self, df: pd.DataFrame | None = None, archs: Sequence[ArchConfig] | None = None
+                            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Total latency (ms) of rows or architectures, and what their jackknife+ intervals
+        need beyond it (`Conformal.bounds`): each left-out correction's prediction and the
+        spread. The bases predict them once for both."""
+        if df is not None:
+            _data.check_inputs(df)
         parts, X = self._inputs(df, archs)
         predicted = _predict(self.corrections, parts, X)["total"]
-        return {"left_out_ms": np.array([_predict(c, parts, X)["total"] for c in self.left_out]),
-                "spread": self.leverage.spread(X, predicted)}
+        if not self.left_out or self.leverage is None:
+            return predicted, {}
+        return predicted, {"left_out_ms": np.array([_predict(c, parts, X)["total"] for c in self.left_out]),
+                           "spread": self.leverage.spread(X, predicted)}
+
+    def interval_inputs(self, df: pd.DataFrame | None = None,
+                        archs: Sequence[ArchConfig] | None = None) -> dict[str, np.ndarray]:
+        """What jackknife+ intervals need beyond the prediction (`predict_with_inputs`, when
+        the prediction is wanted too)."""
+        if not self.left_out or self.leverage is None:
+            return {}
+        return self.predict_with_inputs(df, archs)[1]
 
     def _inputs(self, df: pd.DataFrame | None = None,
                 archs: Sequence[ArchConfig] | None = None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
@@ -516,11 +527,10 @@ def evaluate_transfer(base: LatencyPredictor | Sequence[LatencyPredictor], df: p
         adapted = adapt(base, df.iloc[few], method)
         for name, w in adapted.metadata["weights"].items():
             weights[name] = weights.get(name, 0.0) + w / repeats
-        predicted = adapted.predict_frame(df.iloc[rest])["predicted_ms"].to_numpy()
+        predicted, inputs = adapted.predict_with_inputs(df.iloc[rest])
         runs["adapted"].append(latency_metrics(measured, predicted))
         if adapted.intervals is not None and adapted.intervals.rows >= adapted.intervals.min_rows(confidence):
-            coverage.append(adapted.intervals.coverage(measured, predicted, confidence,
-                                                       **adapted.interval_inputs(df.iloc[rest])))
+            coverage.append(adapted.intervals.coverage(measured, predicted, confidence, **inputs))
         scratch = fit_prepared(prep, few, scratch_model, seed=seed)
         runs["scratch"].append(latency_metrics(measured, scratch.predict_parts(prep.X[rest])["total"]))
     summary: dict[str, Any] = {"k": k, "repeats": repeats, "held_out": len(df) - k,

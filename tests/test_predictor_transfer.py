@@ -200,3 +200,24 @@ def test_few_rows_and_mismatched_workloads(base, new_device):
         adapt(adapt(base, new_device.head(10)), new_device.head(10))
     with pytest.raises(PredictorError, match="latency_mean_decoder is missing"):
         adapt(base, new_device.head(10).assign(latency_mean_decoder=np.nan))
+
+
+def test_search_bounds_predict_each_base_once(base, new_device, monkeypatch):
+    # `search --confidence`: the upper bound of an adapted predictor's interval, from one
+    # prediction of the bases per batch (the prediction and the intervals' inputs share it).
+    from nas.latency import PredictedLatency
+    from profiler.space import ArchConfig
+
+    adapted = adapt(base, new_device.head(15))
+    archs = [ArchConfig.from_json(s) for s in new_device["arch"].iloc[20:30]]
+    expected = adapted.intervals.bounds(adapted.predict_archs(archs), 0.9, **adapted.interval_inputs(archs=archs))[1]
+    calls = []
+    predict_parts = type(base).predict_parts
+    monkeypatch.setattr(type(base), "predict_parts", lambda self, X: calls.append(len(X)) or predict_parts(self, X))
+    upper = PredictedLatency(adapted, confidence=0.9)(archs)
+    assert calls == [10]
+    np.testing.assert_allclose(upper, expected, rtol=1e-12)
+    assert (np.asarray(upper) > adapted.predict_archs(archs)).all()
+    predicted, inputs = adapted.predict_with_inputs(new_device.iloc[20:30])
+    np.testing.assert_allclose(predicted, adapted.predict_archs(archs), rtol=1e-12)
+    assert inputs["left_out_ms"].shape == (15, 10) and inputs["spread"].shape == (10,)

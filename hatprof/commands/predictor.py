@@ -89,14 +89,14 @@ def evaluate(predictor_file: Path, data: Path, json_out: Path | None, statistic:
     learned = pred.metadata.get("data", {}).get("latency_statistic", "trimmed-mean")
     df = read_dataset(data, statistic or learned)
     check_space(getattr(pred, "space", None), df, str(data))
-    predicted = pred.predict_frame(df)["predicted_ms"].to_numpy()
+    predicted, inputs = pred.predict_with_inputs(df)
     measured = measured_total(df)
     metrics = latency_metrics(measured, predicted)
     click.echo(_metrics_line(metrics))
     if pred.intervals is not None:
         level = confidence or INTERVAL_CONFIDENCE
         metrics[f"coverage_{round(100 * level)}"] = coverage = pred.intervals.coverage(
-            measured, predicted, level, **pred.interval_inputs(df))
+            measured, predicted, level, **inputs)
         click.echo(f"{level:.0%} intervals ({pred.intervals.method}, {pred.intervals.rows} scored rows) "
                    f"cover {coverage:.1%} of the rows")
     if json_out:
@@ -122,17 +122,17 @@ def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out
     pred = load_predictor(predictor_file)
     if arch_file is not None:
         archs = read_arch_lines(arch_file, None)
-        table = pd.DataFrame({"arch_id": [a.arch_id for a in archs],
-                              "predicted_ms": pred.predict_archs(archs)})
+        predicted, inputs = pred.predict_with_inputs(archs=archs) if confidence else (pred.predict_archs(archs), {})
+        table = pd.DataFrame({"arch_id": [a.arch_id for a in archs], "predicted_ms": predicted})
     else:
         df = read_dataset(data)
         check_space(getattr(pred, "space", None), df, str(data))
         table = pred.predict_frame(df)
+        inputs = {} if confidence is None else pred.interval_inputs(df)
         if "arch_id" in df.columns:
             table.insert(0, "arch_id", df["arch_id"])
     if confidence is not None:
         intervals = intervals_of(pred)
-        inputs = pred.interval_inputs(archs=archs) if data is None else pred.interval_inputs(df)
         table["lower_ms"], table["upper_ms"] = intervals.bounds(table["predicted_ms"].to_numpy(), confidence, **inputs)
         if data is not None:
             coverage = intervals.coverage(measured_total(df), table["predicted_ms"].to_numpy(), confidence, **inputs)
