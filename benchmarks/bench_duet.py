@@ -1,0 +1,148 @@
+"""Would a duet label repeat better? A model timed in alternation with a fixed reference model.
+
+Duet benchmarking (Bulej et al., ICPE 2020) and randomized interleaved trials (Abedi and
+Brecht, ICPE 2017) compare two artifacts under the same disturbance: what slows one slows
+the other, so their ratio repeats better than either time. `bench_canary_ratio.py` found the
+pure-Python canary too unlike the model to serve (ratio spread 26% vs 27%); here the
+reference is a SubTransformer itself (`--reference`: the space's smallest, or the
+architecture sampled with that seed), run by the same runtime with the same threads, so it
+stresses what the model stresses.
+
+Every architecture (`--seeds`: each seed's one sampled architecture) is measured once per
+pass (`--passes`), each time in a fresh process pinned to one CPU, which warms both models
+up, then times `--pairs` pairs: the reference's encoder + decoder, then the model's (HAT's
+workload, one timed run each). Per process: the model's trimmed mean (HAT's label from these
+runs), the reference's, and the trimmed mean of the paired ratios model / reference, each
+also by halves of the pairs. Per architecture, across its passes: the spread (max - min) /
+median of each label. Passes run one after another, so an architecture's labels are minutes
+apart. Raw samples are kept in the result, so every figure can be recomputed.
+
+    # one architecture, 10 fresh processes -> benchmarks/results/duet.json
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_duet.py
+    # 60 architectures, each measured twice: how often a label repeats within 2% and 10%
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_duet.py --seeds 100-159 --passes 2 --pairs 100 \
+        --out benchmarks/results/duet_sweep.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from profiler.artifacts import get_artifact
+from profiler.protocol import TimingProtocol, canary_median_ns, spread, trimmed_mean
+from profiler.space import load_space
+from profiler.workload import open_runner
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TRIM = TimingProtocol.trim
+
+
+def _arch(space, choice: str):
+    return space.smallest() if choice == "smallest" else space.sample_many(1, int(choice))[0]
+
+
+def time_pairs(args: argparse.Namespace, seed: int) -> dict:
+    """In this process: `args.pairs` alternating runs of the reference and `seed`'s architecture (ns)."""
+    space = load_space(args.space)
+    runners = {name: open_runner("onnx", get_artifact(_arch(space, choice), space, "onnx"))
+               for name, choice in (("reference", args.reference), ("model", str(seed)))}
+    clock = time.perf_counter_ns
+    samples: dict[str, list[int]] = {name: [] for name in runners}
+
+    def run(name: str) -> int:
+        start = clock()
+        runners[name].run_encoder()
+        runners[name].run_decoder()
+        return clock() - start
+
+    for _ in range(TimingProtocol.warmup):
+        run("reference")
+        run("model")
+    canary_before_us = canary_median_ns() / 1e3
+    gc.disable()
+    for _ in range(args.pairs):
+        for name in runners:
+            samples[name].append(run(name))
+    gc.enable()
+    return {**samples, "canary_us": [canary_before_us, canary_median_ns() / 1e3]}
+
+
+def summarise_process(raw: dict) -> dict:
+    """One process's labels: model, reference and paired-ratio trimmed means, whole and by halves."""
+    model, reference = np.asarray(raw["model"]) / 1e6, np.asarray(raw["reference"]) / 1e6
+    half = len(model) // 2
+    parts = {"all": slice(None), "first_half": slice(None, half), "second_half": slice(half, None)}
+    return {part: {"model_ms": float(trimmed_mean(model[s], TRIM)),
+                   "reference_ms": float(trimmed_mean(reference[s], TRIM)),
+                   "ratio": float(trimmed_mean(model[s] / reference[s], TRIM))} for part, s in parts.items()}
+
+
+def _seeds(text: str) -> list[int]:
+    """'7', '1,4,9' or '100-159'."""
+    if "-" in text:
+        low, high = map(int, text.split("-"))
+        return list(range(low, high + 1))
+    return [int(seed) for seed in text.split(",")]
+
+
+def compare(passes: list[dict]) -> dict:
+    """Per label: each architecture's spread across passes, their median and the share within
+    2% and 10%; and the median disagreement of a process's halves (the within-process noise)."""
+    out = {}
+    for label in ("model_ms", "reference_ms", "ratio"):
+        spreads = [spread([p[seed]["all"][label] for p in passes]) for seed in passes[0]]
+        halves = [abs(p[seed]["first_half"][label] / p[seed]["second_half"][label] - 1)
+                  for p in passes for seed in p]
+        out[label] = {"spread_median": statistics.median(spreads), "spread_max": max(spreads),
+                      "within_2pct": sum(x <= 0.02 for x in spreads) / len(spreads),
+                      "within_10pct": sum(x <= 0.10 for x in spreads) / len(spreads),
+                      "halves_disagree_median": statistics.median(halves)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="compact")
+    parser.add_argument("--seeds", default="7", help="architectures measured, by sampling seed: '7', '1,4,9' or '100-159'")
+    parser.add_argument("--reference", default="smallest", help="'smallest' or the seed of a sampled architecture")
+    parser.add_argument("--pairs", type=int, default=300, help="reference + model pairs timed per process")
+    parser.add_argument("--passes", type=int, default=10, help="fresh processes per architecture, one per pass")
+    parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)), help="the CPU every process is pinned to")
+    parser.add_argument("--out", type=Path, default=RESULTS / "duet.json")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: time this seed, print JSON
+    args = parser.parse_args()
+    if args.one is not None:
+        os.sched_setaffinity(0, {args.cpu})
+        print(json.dumps(time_pairs(args, args.one)))
+        return
+    seeds = _seeds(args.seeds)
+    result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("one", "out")},
+                    "load_before": os.getloadavg(), "passes": []}
+    for number in range(args.passes):
+        measured = {}
+        for seed in seeds:
+            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", str(seed)], check=True,
+                                   capture_output=True, text=True)
+            raw = json.loads(child.stdout)
+            measured[seed] = {"summary": summarise_process(raw), "raw_ns": raw}
+            print(f"pass {number + 1}/{args.passes}, seed {seed}: {measured[seed]['summary']['all']}", file=sys.stderr)
+        result["passes"].append(measured)
+    result["load_after"] = os.getloadavg()
+    summaries = [{seed: m["summary"] for seed, m in p.items()} for p in result["passes"]]
+    result["across_passes"] = compare(summaries)
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(result) + "\n")
+    print(json.dumps(result["across_passes"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
