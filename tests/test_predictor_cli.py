@@ -125,6 +125,28 @@ def test_predict_gives_intervals_and_their_coverage(files):
     assert "80% intervals cover" in result.stderr
 
 
+def test_predict_archs_with_an_adapted_predictors_jackknife_intervals(files):
+    from predictor.conformal import intervals_of
+    from predictor.persistence import load_predictor
+
+    adapted = files["root"] / "pi_for_archs.predictor"
+    assert invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", adapted).exit_code == 0
+    archs = load_space("compact").sample_many(4, seed=9)
+    arch_file = files["root"] / "archs_for_bounds.jsonl"
+    arch_file.write_text("".join(a.canonical_json() + "\n" for a in archs))
+    result = invoke("predict", "--predictor", adapted, "--arch", arch_file, "--confidence", "0.8")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.stdout))
+    # the library's two-step path: predictions, then the jackknife+ inputs computed on their own
+    pred = load_predictor(adapted)
+    predicted = pred.predict_archs(archs)
+    lower, upper = intervals_of(pred).bounds(predicted, 0.8, **pred.interval_inputs(archs=archs))
+    np.testing.assert_allclose(table["predicted_ms"], predicted, rtol=1e-4)
+    np.testing.assert_allclose(table["lower_ms"], lower, rtol=1e-4)
+    np.testing.assert_allclose(table["upper_ms"], upper, rtol=1e-4)
+    assert len(set(np.round(upper / predicted, 4))) > 1  # leverage widens some architectures more
+
+
 def test_suggest_writes_distinct_archs_of_the_space(files):
     out = files["root"] / "suggested.jsonl"
     result = invoke("suggest", "--base", files["model"], "--space", "compact", "-k", "7",

@@ -122,7 +122,10 @@ def predict(predictor_file: Path, arch_file: Path | None, data: Path | None, out
     pred = load_predictor(predictor_file)
     if arch_file is not None:
         archs = read_arch_lines(arch_file, None)
-        predicted, inputs = pred.predict_with_inputs(archs=archs) if confidence else (pred.predict_archs(archs), {})
+        if confidence is None:
+            predicted, inputs = pred.predict_archs(archs), {}
+        else:
+            predicted, inputs = pred.predict_with_inputs(archs=archs)
         table = pd.DataFrame({"arch_id": [a.arch_id for a in archs], "predicted_ms": predicted})
     else:
         df = read_dataset(data)
