@@ -15,7 +15,10 @@ workload, one timed run each). Per process: the model's trimmed mean (HAT's labe
 runs), the reference's, and the trimmed mean of the paired ratios model / reference, each
 also by halves of the pairs. Per architecture, across its passes: the spread (max - min) /
 median of each label. Passes run one after another, so an architecture's labels are minutes
-apart. Raw samples are kept in the result, so every figure can be recomputed.
+apart. And whether the ratio holds when the host changes speed: each architecture's pairs
+grouped by how long the reference took (fifths; and the host's fast stretches, the reference
+25% under its median). Raw samples are kept in the result, and `--recompute` recomputes every
+figure from them.
 
     # one architecture, 10 fresh processes -> benchmarks/results/duet.json
     PYTHONPATH=. .venv/bin/python benchmarks/bench_duet.py
@@ -109,6 +112,58 @@ def compare(passes: list[dict]) -> dict:
     return out
 
 
+def _pooled(raws: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """One architecture's model and reference times (ms) from all its processes, pair by pair."""
+    return (np.concatenate([raw["model"] for raw in raws]) / 1e6,
+            np.concatenate([raw["reference"] for raw in raws]) / 1e6)
+
+
+def by_reference_speed(raws: list[dict], bins: int = 5) -> list[dict]:
+    """One architecture's pairs from all its processes, in `bins` groups by how long the
+    reference took (quantiles): each group's median reference, model and ratio. Where the
+    host's speed moves the model and the reference alike, the ratio stays flat across groups."""
+    model, reference = _pooled(raws)
+    edges = np.quantile(reference, np.linspace(0, 1, bins + 1))
+    group = np.clip(np.searchsorted(edges, reference, side="right") - 1, 0, bins - 1)
+    return [{"reference_ms": float(np.median(reference[group == g])), "model_ms": float(np.median(model[group == g])),
+             "ratio": float(np.median(model[group == g] / reference[group == g])), "pairs": int(np.sum(group == g))}
+            for g in range(bins)]
+
+
+#: A reference run this much faster than its median is taken to have run in a fast stretch of the host.
+FAST_STRETCH = 0.75
+
+
+def fast_stretch(raws: list[dict]) -> dict | None:
+    """One architecture's pairs whose reference ran below `FAST_STRETCH` x its median, against
+    all its pairs: how many, and the median model and ratio of each (None when there are none)."""
+    model, reference = _pooled(raws)
+    fast = reference < FAST_STRETCH * np.median(reference)
+    if not fast.any():
+        return None
+    return {"pairs": int(fast.sum()), "of": len(model),
+            "model_ms": float(np.median(model[fast])), "model_ms_all": float(np.median(model)),
+            "ratio": float(np.median(model[fast] / reference[fast])), "ratio_all": float(np.median(model / reference))}
+
+
+def speed_effect(passes: list[dict]) -> dict:
+    """Per architecture, each value in the slowest fifth of its reference runs over the fastest
+    fifth (`by_reference_speed`), the medians over architectures and the first one's groups; and
+    the pairs of the host's fast stretches (`fast_stretch`) over all pairs, medians over architectures."""
+    raws = {seed: [p[seed]["raw_ns"] for p in passes] for seed in passes[0]}
+    tables = {seed: by_reference_speed(r) for seed, r in raws.items()}
+    factors = {label: statistics.median(t[-1][label] / t[0][label] for t in tables.values())
+               for label in ("reference_ms", "model_ms", "ratio")}
+    stretches = {seed: fast_stretch(r) for seed, r in raws.items()}
+    found = [f for f in stretches.values() if f is not None]
+    fast = {"architectures": len(found), "of": len(stretches)}
+    if found:
+        fast.update({label: statistics.median(f[label] / f[f"{label}_all"] for f in found)
+                     for label in ("model_ms", "ratio")})
+    return {"slowest_over_fastest_fifth": factors, "groups_of_first": next(iter(tables.values())),
+            "fast_stretch_over_all": fast, "fast_stretch_of_first": next(iter(stretches.values()))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="compact")
@@ -118,11 +173,16 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=10, help="fresh processes per architecture, one per pass")
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)), help="the CPU every process is pinned to")
     parser.add_argument("--out", type=Path, default=RESULTS / "duet.json")
+    parser.add_argument("--recompute", action="store_true",
+                        help="time nothing: recompute the statistics of --out from its raw samples")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: time this seed, print JSON
     args = parser.parse_args()
     if args.one is not None:
         os.sched_setaffinity(0, {args.cpu})
         print(json.dumps(time_pairs(args, args.one)))
+        return
+    if args.recompute:
+        write_statistics(json.loads(args.out.read_text()), args.out)
         return
     seeds = _seeds(args.seeds)
     result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("one", "out")},
@@ -137,11 +197,19 @@ def main() -> None:
             print(f"pass {number + 1}/{args.passes}, seed {seed}: {measured[seed]['summary']['all']}", file=sys.stderr)
         result["passes"].append(measured)
     result["load_after"] = os.getloadavg()
-    summaries = [{seed: m["summary"] for seed, m in p.items()} for p in result["passes"]]
-    result["across_passes"] = compare(summaries)
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps(result) + "\n")
-    print(json.dumps(result["across_passes"], indent=2))
+    write_statistics(result, args.out)
+
+
+def write_statistics(result: dict, out: Path) -> None:
+    """Each process's labels, then `compare` and `speed_effect`, into `result`, written to `out`."""
+    for measured in result["passes"]:
+        for entry in measured.values():
+            entry["summary"] = summarise_process(entry["raw_ns"])
+    result["across_passes"] = compare([{seed: m["summary"] for seed, m in p.items()} for p in result["passes"]])
+    result["reference_speed"] = speed_effect(result["passes"])
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result) + "\n")
+    print(json.dumps({k: result[k] for k in ("across_passes", "reference_speed")}, indent=2))
 
 
 if __name__ == "__main__":
