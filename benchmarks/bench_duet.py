@@ -11,13 +11,14 @@ stresses what the model stresses.
 Every architecture (`--seeds`: each seed's one sampled architecture) is measured once per
 pass (`--passes`), each time in a fresh process pinned to one CPU, which warms both models
 up, then times `--pairs` pairs: the reference's encoder + decoder, then the model's (HAT's
-workload, one timed run each). Per process: the model's trimmed mean (HAT's label from these
-runs), the reference's, and the trimmed mean of the paired ratios model / reference, each
-also by halves of the pairs. Per architecture, across its passes: the spread (max - min) /
+workload, one timed run each), and the reference once more at the end, so every model run
+sits between two reference runs. Per process: the model's trimmed mean (HAT's label from
+these runs), the reference's, and the trimmed mean of the ratios of each model run to its
+bracket (the geometric mean of the reference runs before and after it), each also by halves. Per architecture, across its passes: the spread (max - min) /
 median of each label. Passes run one after another, so an architecture's labels are minutes
 apart. And whether the ratio holds when the host changes speed: each architecture's pairs
-grouped by how long the reference took (fifths; and the host's fast stretches, the reference
-25% under its median). Raw samples are kept in the result, and `--recompute` recomputes every
+grouped by how long their bracket took (fifths; and the host's fast stretches: both
+reference runs 25% under the median). Raw samples are kept in the result, and `--recompute` recomputes every
 figure from them.
 
     # one architecture, 10 fresh processes -> benchmarks/results/duet.json
@@ -75,18 +76,33 @@ def time_pairs(args: argparse.Namespace, seed: int) -> dict:
     for _ in range(args.pairs):
         for name in runners:
             samples[name].append(run(name))
+    samples["reference"].append(run("reference"))
     gc.enable()
     return {**samples, "canary_us": [canary_before_us, canary_median_ns() / 1e3]}
 
 
+def bracketed(raws: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model runs (ms) from all of one architecture's processes, each with the reference runs
+    timed just before and just after it. (A run timed without a reference after it, as the
+    first results were, is left out.)"""
+    model, before, after = [], [], []
+    for raw in raws:
+        reference = np.asarray(raw["reference"]) / 1e6
+        model.append(np.asarray(raw["model"][:len(reference) - 1]) / 1e6)
+        before.append(reference[:-1])
+        after.append(reference[1:])
+    return np.concatenate(model), np.concatenate(before), np.concatenate(after)
+
+
 def summarise_process(raw: dict) -> dict:
-    """One process's labels: model, reference and paired-ratio trimmed means, whole and by halves."""
-    model, reference = np.asarray(raw["model"]) / 1e6, np.asarray(raw["reference"]) / 1e6
+    """One process's labels: model, reference and bracketed-ratio trimmed means, whole and by halves."""
+    model, before, after = bracketed([raw])
+    ratio = model / np.sqrt(before * after)
     half = len(model) // 2
     parts = {"all": slice(None), "first_half": slice(None, half), "second_half": slice(half, None)}
     return {part: {"model_ms": float(trimmed_mean(model[s], TRIM)),
-                   "reference_ms": float(trimmed_mean(reference[s], TRIM)),
-                   "ratio": float(trimmed_mean(model[s] / reference[s], TRIM))} for part, s in parts.items()}
+                   "reference_ms": float(trimmed_mean(before[s], TRIM)),
+                   "ratio": float(trimmed_mean(ratio[s], TRIM))} for part, s in parts.items()}
 
 
 def _seeds(text: str) -> list[int]:
@@ -112,17 +128,12 @@ def compare(passes: list[dict]) -> dict:
     return out
 
 
-def _pooled(raws: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """One architecture's model and reference times (ms) from all its processes, pair by pair."""
-    return (np.concatenate([raw["model"] for raw in raws]) / 1e6,
-            np.concatenate([raw["reference"] for raw in raws]) / 1e6)
-
-
 def by_reference_speed(raws: list[dict], bins: int = 5) -> list[dict]:
-    """One architecture's pairs from all its processes, in `bins` groups by how long the
-    reference took (quantiles): each group's median reference, model and ratio. Where the
+    """One architecture's model runs from all its processes, in `bins` groups by how long
+    their bracket took (quantiles): each group's median bracket, model and ratio. Where the
     host's speed moves the model and the reference alike, the ratio stays flat across groups."""
-    model, reference = _pooled(raws)
+    model, before, after = bracketed(raws)
+    reference = np.sqrt(before * after)
     edges = np.quantile(reference, np.linspace(0, 1, bins + 1))
     group = np.clip(np.searchsorted(edges, reference, side="right") - 1, 0, bins - 1)
     return [{"reference_ms": float(np.median(reference[group == g])), "model_ms": float(np.median(model[group == g])),
@@ -130,15 +141,17 @@ def by_reference_speed(raws: list[dict], bins: int = 5) -> list[dict]:
             for g in range(bins)]
 
 
-#: A reference run this much faster than its median is taken to have run in a fast stretch of the host.
+#: Reference runs this much faster than their median are taken to have run in a fast stretch of the host.
 FAST_STRETCH = 0.75
 
 
 def fast_stretch(raws: list[dict]) -> dict | None:
-    """One architecture's pairs whose reference ran below `FAST_STRETCH` x its median, against
-    all its pairs: how many, and the median model and ratio of each (None when there are none)."""
-    model, reference = _pooled(raws)
-    fast = reference < FAST_STRETCH * np.median(reference)
+    """One architecture's model runs whose reference runs before and after both ran below
+    `FAST_STRETCH` x their median, against all its runs: how many, and the median model and
+    ratio of each (None when there are none)."""
+    model, before, after = bracketed(raws)
+    reference = np.sqrt(before * after)
+    fast = np.maximum(before, after) < FAST_STRETCH * np.median(before)
     if not fast.any():
         return None
     return {"pairs": int(fast.sum()), "of": len(model),
