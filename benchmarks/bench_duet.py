@@ -81,23 +81,24 @@ def time_pairs(args: argparse.Namespace, seed: int) -> dict:
     return {**samples, "canary_us": [canary_before_us, canary_median_ns() / 1e3]}
 
 
-def bracketed(raws: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bracketed(raws: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Model runs (ms) from all of one architecture's processes, each with the reference runs
-    timed just before and just after it. (A run timed without a reference after it, as the
-    first results were, is left out.)"""
+    timed just before and just after it, and its bracket (their geometric mean). (A run timed
+    without a reference after it, as the first results were, is left out.)"""
     model, before, after = [], [], []
     for raw in raws:
         reference = np.asarray(raw["reference"]) / 1e6
         model.append(np.asarray(raw["model"][:len(reference) - 1]) / 1e6)
         before.append(reference[:-1])
         after.append(reference[1:])
-    return np.concatenate(model), np.concatenate(before), np.concatenate(after)
+    before, after = np.concatenate(before), np.concatenate(after)
+    return np.concatenate(model), before, after, np.sqrt(before * after)
 
 
 def summarise_process(raw: dict) -> dict:
     """One process's labels: model, reference and bracketed-ratio trimmed means, whole and by halves."""
-    model, before, after = bracketed([raw])
-    ratio = model / np.sqrt(before * after)
+    model, before, _, bracket = bracketed([raw])
+    ratio = model / bracket
     half = len(model) // 2
     parts = {"all": slice(None), "first_half": slice(None, half), "second_half": slice(half, None)}
     return {part: {"model_ms": float(trimmed_mean(model[s], TRIM)),
@@ -132,8 +133,7 @@ def by_reference_speed(raws: list[dict], bins: int = 5) -> list[dict]:
     """One architecture's model runs from all its processes, in `bins` groups by how long
     their bracket took (quantiles): each group's median bracket, model and ratio. Where the
     host's speed moves the model and the reference alike, the ratio stays flat across groups."""
-    model, before, after = bracketed(raws)
-    reference = np.sqrt(before * after)
+    model, _, _, reference = bracketed(raws)
     edges = np.quantile(reference, np.linspace(0, 1, bins + 1))
     group = np.clip(np.searchsorted(edges, reference, side="right") - 1, 0, bins - 1)
     return [{"reference_ms": float(np.median(reference[group == g])), "model_ms": float(np.median(model[group == g])),
@@ -148,15 +148,18 @@ FAST_STRETCH = 0.75
 def fast_stretch(raws: list[dict]) -> dict | None:
     """One architecture's model runs whose reference runs before and after both ran below
     `FAST_STRETCH` x their median, against all its runs: how many, and the median model and
-    ratio of each (None when there are none)."""
-    model, before, after = bracketed(raws)
-    reference = np.sqrt(before * after)
-    fast = np.maximum(before, after) < FAST_STRETCH * np.median(before)
+    ratio of each (None when there are none). Also the ratio to the reference run before only,
+    over the runs whose reference before was fast: runs that straddle a change of speed stay in."""
+    model, before, after, bracket = bracketed(raws)
+    limit = FAST_STRETCH * np.median(before)
+    fast, fast_before = np.maximum(before, after) < limit, before < limit
     if not fast.any():
         return None
     return {"pairs": int(fast.sum()), "of": len(model),
             "model_ms": float(np.median(model[fast])), "model_ms_all": float(np.median(model)),
-            "ratio": float(np.median(model[fast] / reference[fast])), "ratio_all": float(np.median(model / reference))}
+            "ratio": float(np.median(model[fast] / bracket[fast])), "ratio_all": float(np.median(model / bracket)),
+            "ratio_to_before": float(np.median(model[fast_before] / before[fast_before])),
+            "ratio_to_before_all": float(np.median(model / before))}
 
 
 def speed_effect(passes: list[dict]) -> dict:
@@ -172,7 +175,7 @@ def speed_effect(passes: list[dict]) -> dict:
     fast = {"architectures": len(found), "of": len(stretches)}
     if found:
         fast.update({label: statistics.median(f[label] / f[f"{label}_all"] for f in found)
-                     for label in ("model_ms", "ratio")})
+                     for label in ("model_ms", "ratio", "ratio_to_before")})
     return {"slowest_over_fastest_fifth": factors, "groups_of_first": next(iter(tables.values())),
             "fast_stretch_over_all": fast, "fast_stretch_of_first": next(iter(stretches.values()))}
 
@@ -195,7 +198,11 @@ def main() -> None:
         print(json.dumps(time_pairs(args, args.one)))
         return
     if args.recompute:
-        write_statistics(json.loads(args.out.read_text()), args.out)
+        result = json.loads(args.out.read_text())
+        for measured in result["passes"]:
+            for entry in measured.values():
+                entry["summary"] = summarise_process(entry["raw_ns"])
+        write_statistics(result, args.out)
         return
     seeds = _seeds(args.seeds)
     result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("one", "out")},
@@ -214,10 +221,7 @@ def main() -> None:
 
 
 def write_statistics(result: dict, out: Path) -> None:
-    """Each process's labels, then `compare` and `speed_effect`, into `result`, written to `out`."""
-    for measured in result["passes"]:
-        for entry in measured.values():
-            entry["summary"] = summarise_process(entry["raw_ns"])
+    """`compare` and `speed_effect` of the processes' labels, into `result`, written to `out`."""
     result["across_passes"] = compare([{seed: m["summary"] for seed, m in p.items()} for p in result["passes"]])
     result["reference_speed"] = speed_effect(result["passes"])
     out.parent.mkdir(exist_ok=True)
