@@ -31,7 +31,9 @@ are JSON objects (``Content-Type: application/json``), except uploads.
     "warmup": 5, "runs": 50, "seq_len": 30, "beam": 5, "threads": 1, "canary_every": 10,
     "max_temp_c": 80.0, "cooldown_s": 120.0, "slow_canary_ns": 0.0, "trim": 0.1}``: the fields of
     `profiler.protocol.RoundSpec`, whose defaults are the defaults here (all but ``artifact``
-    optional; unknown fields are refused). One round of the timing protocol: the gate waits (at
+    optional; unknown fields are refused). Duet mode adds ``"reference"``, an artifact of the
+    same format named the same way, whose part is then timed in the canary's place, before and
+    after every run. One round of the timing protocol: the gate waits (at
     most ``cooldown_s``) while the board is at ``max_temp_c``, its firmware says it is throttled
     now, or the canary runs slower than ``slow_canary_ns`` (0: never); then ``warmup`` untimed
     runs and ``runs`` timed runs of the encoder, with a fixed reference kernel (the canary)
@@ -62,6 +64,7 @@ uploads at most ``--max-upload-mb`` (413); at most ``--max-connections`` connect
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import io
 import ipaddress
@@ -203,9 +206,11 @@ class Agent:
         threads = request["spec"]["threads"]
         if threads > (len(self.config.cpus) if self.config.cpus else os.cpu_count() or 1):
             raise WireError("invalid_field", f"threads={threads} exceeds this agent's CPUs", field="threads")
-        with self.store.artifact(request["files"]) as folder:
-            job = {k: v for k, v in request.items() if k != "files"}
-            job.update(op="measure", dir=str(folder))
+        reference = request["reference_files"]
+        with self.store.artifact(request["files"]) as folder, \
+                (self.store.artifact(reference) if reference else contextlib.nullcontext()) as reference_folder:
+            job = {"op": "measure", "format": request["format"], "spec": request["spec"], "dir": str(folder),
+                   "reference_dir": str(reference_folder) if reference_folder else None}
             start = time.perf_counter()
             reply = self.exclusive(lambda: self.worker.call(job, self.config.time_limit_s))
         reply["elapsed_s"] = time.perf_counter() - start

@@ -199,13 +199,20 @@ class AgentClient:
         return self.request("PUT", f"{PREFIX}/artifacts/{sha}/{filename}", body=path.read_bytes(),
                             content_type="application/octet-stream")
 
-    def measure(self, artifact_dir: str | Path, fmt: str, spec: RoundSpec) -> dict[str, Any]:
-        """One timed round of `spec` on the agent, uploading missing files first; the agent's full response."""
-        artifact_dir = Path(artifact_dir)
-        files = self.digests(artifact_dir, fmt)
-        body = json.dumps({"artifact": {"format": fmt, "files": files}, **spec.to_dict()}).encode()
-        # the agent may first wait (bounded) for a hot board to cool down
-        deadline_s = self.measure_deadline_s(spec.warmup, spec.runs) + spec.cooldown_s
+    def measure(self, artifact_dir: str | Path, fmt: str, spec: RoundSpec,
+                reference_dir: str | Path | None = None) -> dict[str, Any]:
+        """One timed round of `spec` on the agent (with the duet's reference artifact, when given),
+        uploading missing files first; the agent's full response."""
+        dirs = {"artifact": Path(artifact_dir)}
+        if reference_dir is not None:
+            dirs["reference"] = Path(reference_dir)
+        files = {field: self.digests(folder, fmt) for field, folder in dirs.items()}
+        sources = {(name, sha): dirs[field] / name for field, named in files.items() for name, sha in named.items()}
+        body = json.dumps({**{field: {"format": fmt, "files": named} for field, named in files.items()},
+                           **spec.to_dict()}).encode()
+        # the agent may first wait (bounded) for a hot board to cool down; a duet times the reference too
+        runs = spec.runs if reference_dir is None else 2 * spec.runs + 1
+        deadline_s = self.measure_deadline_s(spec.warmup * len(dirs), runs) + spec.cooldown_s
         for _ in range(3):  # a file evicted between upload and measure is uploaded again
             try:
                 return self.request("POST", f"{PREFIX}/measure", body, "application/json",
@@ -215,9 +222,9 @@ class AgentClient:
                     raise
                 for item in exc.details.get("missing", []):
                     name, sha = item["filename"], item["sha256"]
-                    if files.get(name) != sha:
+                    if (name, sha) not in sources:
                         raise DeviceError(f"agent {self.url} asked for a file this artifact lacks: {name}")
-                    self.upload(artifact_dir / name, name, sha)
+                    self.upload(sources[name, sha], name, sha)
         raise DeviceError(f"agent {self.url} keeps losing the files of artifact {artifact_dir}: "
                           "is its cache too small?")
 
@@ -245,11 +252,12 @@ class RemoteTarget:
             self._info = self.client.info(self.threads)["environment"]
         return self._info
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
-        """One round of `spec` on the device: a `profiler.target.RoundPair`."""
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec, reference_dir: Path | None = None):
+        """One round of `spec` on the device (in duet mode, with the reference artifact timed
+        around every run): a `profiler.target.RoundPair`."""
         from profiler.target import RoundPair
 
-        response = self.client.measure(artifact_dir, fmt, spec)
+        response = self.client.measure(artifact_dir, fmt, spec, reference_dir)
         try:
             return RoundPair.from_dict(response["result"])
         except (KeyError, TypeError) as exc:
@@ -289,8 +297,8 @@ class PoolTarget:
     def info(self) -> dict[str, Any]:
         return self._first(lambda t: t.info())
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
-        return self._first(lambda t: t.measure_round(artifact_dir, fmt, spec))
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec, reference_dir: Path | None = None):
+        return self._first(lambda t: t.measure_round(artifact_dir, fmt, spec, reference_dir))
 
     def close(self) -> None:
         for target in self.targets:

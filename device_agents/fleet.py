@@ -187,8 +187,8 @@ class _TrackedTarget:
     def info(self) -> dict[str, Any]:
         return self._call(self.target.info)
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
-        return self._call(lambda: self.target.measure_round(artifact_dir, fmt, spec))
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec, reference_dir: Path | None = None):
+        return self._call(lambda: self.target.measure_round(artifact_dir, fmt, spec, reference_dir))
 
     def silent_for(self, now: float, silence_s: float) -> float | None:
         """Seconds the call in flight has waited, when that is past the silence threshold

@@ -76,9 +76,11 @@ class RayTarget:
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
         return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest(), files
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec):
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec, reference_dir: Path | None = None):
         from profiler.target import RoundPair
 
+        if reference_dir is not None:
+            raise DeviceError("duet mode is not available through Ray yet: use the HTTP agents")
         try:
             key, files = self._artifact(Path(artifact_dir), fmt)
         except OSError as exc:

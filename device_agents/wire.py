@@ -136,8 +136,8 @@ MEASURE_LIMITS = {"warmup": (0, 10_000), "runs": (1, 100_000), "seq_len": (1, 40
 #: Half-open ranges [low, high) of the real-valued settings.
 _NUMBER_LIMITS = {"trim": (0.0, 0.5), "max_temp_c": (1.0, 150.0), "cooldown_s": (0.0, 3600.0),
                   "slow_canary_ns": (0.0, 1e9)}
-#: A measure request is an artifact and a `RoundSpec`, field by field.
-_MEASURE_FIELDS = {"artifact", *(f.name for f in dataclasses.fields(RoundSpec))}
+#: A measure request is an artifact (and in duet mode a reference artifact) and a `RoundSpec`, field by field.
+_MEASURE_FIELDS = {"artifact", "reference", *(f.name for f in dataclasses.fields(RoundSpec))}
 _ARTIFACT_FIELDS = {"format", "files"}
 
 
@@ -146,19 +146,12 @@ def parse_measure(data: Any) -> dict[str, Any]:
     data = check_fields(data, _MEASURE_FIELDS, "measure request")
     if "artifact" not in data:
         raise WireError("missing_field", "field 'artifact' is required", field="artifact")
-    artifact = check_fields(data["artifact"], _ARTIFACT_FIELDS, "artifact", "invalid_field")
-    fmt = artifact.get("format")
-    if not isinstance(fmt, str) or fmt not in GRAPH_SUFFIX:
-        raise WireError("invalid_field", f"artifact format must be one of {', '.join(GRAPH_SUFFIX)}",
-                        field="format")
-    files = artifact.get("files")
-    if not isinstance(files, dict):
-        raise WireError("invalid_field", "artifact files must map file names to SHA-256 digests", field="files")
-    expected = set(artifact_files(fmt))
-    if set(files) != expected:
-        raise WireError("bad_filename", f"a {fmt} artifact consists of exactly: {', '.join(sorted(expected))}")
-    if not all(is_sha256(sha) for sha in files.values()):
-        raise WireError("bad_hash", "artifact file digests must be 64 lower-case hex digits")
+    fmt, files = _artifact_files(data["artifact"], "artifact")
+    reference = None
+    if "reference" in data:  # duet mode: the reference model, timed around every run
+        reference_fmt, reference = _artifact_files(data["reference"], "reference")
+        if reference_fmt != fmt:
+            raise WireError("invalid_field", "the reference must have the artifact's format", field="reference")
     defaults = RoundSpec().to_dict()
     spec = {name: _int_field(data, name, lowest, highest, defaults[name])
             for name, (lowest, highest) in MEASURE_LIMITS.items()}
@@ -167,5 +160,23 @@ def parse_measure(data: Any) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lowest <= value < highest:
             raise WireError("invalid_field", f"{name} must be a number in [{lowest:g}, {highest:g})", field=name)
         spec[name] = float(value)
-    settings: dict[str, Any] = {"format": fmt, "files": dict(files), "spec": spec}
+    settings: dict[str, Any] = {"format": fmt, "files": files, "reference_files": reference, "spec": spec}
     return settings
+
+
+def _artifact_files(data: Any, what: str) -> tuple[str, dict[str, str]]:
+    """The format and files of an artifact named in a measure request, checked."""
+    artifact = check_fields(data, _ARTIFACT_FIELDS, what, "invalid_field")
+    fmt = artifact.get("format")
+    if not isinstance(fmt, str) or fmt not in GRAPH_SUFFIX:
+        raise WireError("invalid_field", f"{what} format must be one of {', '.join(GRAPH_SUFFIX)}",
+                        field="format")
+    files = artifact.get("files")
+    if not isinstance(files, dict):
+        raise WireError("invalid_field", f"{what} files must map file names to SHA-256 digests", field="files")
+    expected = set(artifact_files(fmt))
+    if set(files) != expected:
+        raise WireError("bad_filename", f"a {fmt} artifact consists of exactly: {', '.join(sorted(expected))}")
+    if not all(is_sha256(sha) for sha in files.values()):
+        raise WireError("bad_hash", "artifact file digests must be 64 lower-case hex digits")
+    return fmt, dict(files)

@@ -59,6 +59,10 @@ def protocol_options(command):
         click.option("--canary-every", type=int, default=defaults.canary_every, show_default=True,
                      help="Time the reference kernel (canary) every this many runs, to spot disturbed "
                           "rounds (0: never)."),
+        click.option("--duet", is_flag=True,
+                     help="Duet mode: time the space's smallest SubTransformer before "
+                          "and after every run instead of the canary, and restate each run by them, so a "
+                          "label holds when the host changes speed (the row records the scale used)."),
         click.option("--max-temp", "max_temp_c", type=float, default=defaults.max_temp_c, show_default=True,
                      help="Before a round, wait while the board is this hot (degrees C), its firmware "
                           "says it is throttled, or (converging; 60 s at most per architecture) its "
@@ -75,7 +79,7 @@ def protocol_options(command):
                      help="Beam size of the timed decode (HAT: 5)."),
     ]
     names = ("runs", "warmup", "trim", "rounds", "precision", "max_rounds", "max_seconds", "canary_every",
-             "max_temp_c", "cooldown_s", "threads", "seq_len", "beam")
+             "duet", "max_temp_c", "cooldown_s", "threads", "seq_len", "beam")
 
     @functools.wraps(command)
     def wrapper(*args, fixed: bool, **kwargs):

@@ -14,7 +14,8 @@ canaries because it does not depend on the model timed before it (on the develop
 the two sit within about 5% of each other, for small and large architectures alike).
 A machine is its hostname, CPU model, CPU architecture and Python (the canary is pure
 Python). Delete the file to start the machine's history afresh (e.g. after moving a VM to
-other hardware under the same name).
+other hardware under the same name). The duet's reference model keeps its fast level the same
+way, in a history of its own per machine (`profiler.duet`).
 """
 from __future__ import annotations
 
@@ -57,8 +58,12 @@ class CanaryHistory:
         self._new: list[float] = []
 
     @classmethod
-    def for_machine(cls, environment: Mapping[str, Any], cache_dir: str | Path | None = None) -> "CanaryHistory":
-        return cls(cache_root(cache_dir) / "canary" / f"{machine_key(environment)}.json")
+    def for_machine(cls, environment: Mapping[str, Any], cache_dir: str | Path | None = None,
+                    kind: str = "") -> "CanaryHistory":
+        """The history of the machine `environment` describes; `kind` names another timed
+        reference than the canary (the duet's reference model), kept in a file of its own."""
+        name = machine_key(environment) + (f"-{kind}" if kind else "")
+        return cls(cache_root(cache_dir) / "canary" / f"{name}.json")
 
     def _load(self) -> list[float]:
         if self.path is None or not self.path.is_file():
@@ -70,16 +75,25 @@ class CanaryHistory:
             logger.warning("ignoring the unreadable canary history %s (%s)", self.path, exc)
             return []
 
+    @staticmethod
+    def _kept(probes: list[float]) -> list[float]:
+        """Which probes the history keeps: the last `HISTORY_ROUNDS`."""
+        return probes[-HISTORY_ROUNDS:]
+
     @property
     def probes(self) -> list[float]:
-        return (self._saved + self._new)[-HISTORY_ROUNDS:]
+        return self._kept(self._saved + self._new)
 
     @property
     def fast_ns(self) -> float | None:
         """The machine's fast level, or None while fewer than `MIN_ROUNDS` rounds are known."""
+        return self.level_ns() if len(self.probes) >= MIN_ROUNDS else None
+
+    def level_ns(self) -> float | None:
+        """`FAST_QUANTILE` of the probes known, however few (None: none yet)."""
         probes = self.probes
-        if len(probes) < MIN_ROUNDS:
-            return None
+        if len(probes) < 2:
+            return probes[0] if probes else None
         return statistics.quantiles(probes, n=100, method="inclusive")[round(FAST_QUANTILE * 100) - 1]
 
     def record(self, probe_ns: float | None) -> None:
@@ -92,7 +106,7 @@ class CanaryHistory:
         if self.path is None or not self._new:
             return
         on_disk = self._load()
-        merged = (on_disk + self._new)[-HISTORY_ROUNDS:]
+        merged = self._kept(on_disk + self._new)
         try:
             write_atomically(self.path, json.dumps({"probe_ns": merged}) + "\n")
         except HatprofError as exc:  # the history is a cache: measuring goes on without it

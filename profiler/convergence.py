@@ -21,6 +21,12 @@ is disturbed when
   median of the other clean rounds than `OUTLIER_FLOOR` and `OUTLIER_MADS` robust deviations
   (judged only with at least `MIN_ROUNDS_FOR_OUTLIERS` clean rounds, and on both sides).
 
+In duet mode (`profiler.duet`) the reference model takes the canary's place: a run is clean
+when its two reference runs are within `CANARY_LIMIT` of each other (the host did not change
+speed during it), a round with less than half of its runs clean is discarded (`bracket`), and
+every run's time is restated by its bracket, so a round timed while the host was slow counts
+as much as a fast one; the slow-host gate does not wait.
+
 The label's uncertainty is a 95% Student-t interval of the mean of the accepted rounds'
 totals: rounds are timed minutes apart, interleaved with other architectures and spread
 over several measuring processes, so their spread is the real repeatability of the label
@@ -36,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from profiler.canary_history import CanaryHistory
+from profiler.duet import ReferenceScale, restated, steady_runs
 from profiler.protocol import OTHER_CPU_LIMIT, Measurement, RoundResult, TimingProtocol, trimmed_mean
 from profiler.target import RoundPair
 
@@ -135,17 +142,30 @@ class CanaryReference:
 
 @dataclass(frozen=True)
 class JudgedRound:
-    """One timed round, its verdict (None: accepted) and which runs of each part are clean."""
+    """One timed round, its verdict (None: accepted), which runs of each part are clean and,
+    in duet mode, the reference's scale per part that its runs are restated with."""
 
     pair: RoundPair
     verdict: str | None
     masks: dict[str, list[bool]]
+    scales_ns: dict[str, float] | None = None
+
+    def _timed(self, part: str) -> RoundResult:
+        result = getattr(self.pair, part)
+        return result if self.scales_ns is None else restated(result, self.scales_ns[part])
+
+    def kept(self, masks: dict[str, list[bool]]) -> RoundPair:
+        """The round with the runs of `masks` only (restated, in duet mode)."""
+        return dataclasses.replace(self.pair, **{part: _kept(self._timed(part), mask) for part, mask in masks.items()})
 
     @property
     def clean(self) -> RoundPair:
         """The round with its clean runs only."""
-        return dataclasses.replace(self.pair, **{part: _kept(getattr(self.pair, part), mask)
-                                                 for part, mask in self.masks.items()})
+        return self.kept(self.masks)
+
+    @property
+    def every_run(self) -> dict[str, list[bool]]:
+        return {part: [True] * len(mask) for part, mask in self.masks.items()}
 
     @property
     def dropped(self) -> dict[str, list[int]]:
@@ -163,24 +183,39 @@ class ArchRounds:
     reference: CanaryReference = field(default_factory=CanaryReference)
     pairs: list[RoundPair] = field(default_factory=list)
     seconds: float = 0.0
+    #: Duet mode: the reference model's scale (its rounds are recorded there, not in `reference`).
+    duet: ReferenceScale | None = None
 
     def add(self, pair: RoundPair, seconds: float) -> str | None:
-        """Record one timed round (and its canaries in the reference); its verdict as of now."""
-        self.reference.update(pair)
+        """Record one timed round (and its canaries, or its reference runs, in the reference);
+        its verdict as of now."""
+        if self.duet is None:
+            self.reference.update(pair)
+        else:
+            for part in PARTS:
+                self.duet.record(part, getattr(pair, part))
         self.pairs.append(pair)
         self.seconds += seconds
         return self.judged()[-1].verdict
 
+    def _masks(self, pair: RoundPair, reference_ns: float | None) -> dict[str, list[bool]]:
+        p = self.protocol
+        if self.duet is None:
+            return {part: clean_runs(getattr(pair, part), p.canary_every, reference_ns) for part in PARTS}
+        return {part: steady_runs(getattr(pair, part), CANARY_LIMIT) if p.converging
+                else [True] * len(getattr(pair, part).samples_ns) for part in PARTS}
+
     def judged(self) -> list[JudgedRound]:
         p = self.protocol
         reference = self.reference.typical_ns if p.converging else None
+        scales = None if self.duet is None or not self.pairs else {part: self.duet.scale_ns(part) for part in PARTS}
         rounds = []
         for pair in self.pairs:
-            masks = {part: clean_runs(getattr(pair, part), p.canary_every, reference) for part in PARTS}
+            masks = self._masks(pair, reference)
             verdict = disturbance(pair) if p.converging else None
             if verdict is None and min(sum(m) / len(m) for m in masks.values()) < MIN_CLEAN_SHARE:
-                verdict = "canary"
-            rounds.append(JudgedRound(pair, verdict, masks))
+                verdict = "canary" if self.duet is None else "bracket"
+            rounds.append(JudgedRound(pair, verdict, masks, scales))
         if not p.converging:
             return rounds
         kept = [i for i, r in enumerate(rounds) if r.verdict is None]
@@ -191,6 +226,14 @@ class ArchRounds:
     def accepted(self) -> list[RoundPair]:
         """The clean runs of the accepted rounds."""
         return [r.clean for r in self.judged() if r.verdict is None]
+
+    def label_rounds(self) -> list[tuple[JudgedRound, dict[str, list[bool]]]]:
+        """The rounds the label is made of, each with the runs it keeps: the clean runs of the
+        accepted rounds (every run in the fixed protocol), or every run of every round when
+        none was accepted (such a row is flagged, never silently wrong)."""
+        judged = self.judged()
+        accepted = [(r, r.masks) for r in judged if r.verdict is None]
+        return accepted or [(r, r.every_run) for r in judged]
 
     def discarded(self) -> Counter:
         return Counter(r.verdict for r in self.judged() if r.verdict is not None)
@@ -221,9 +264,8 @@ class ArchRounds:
         return self.converged or self.budget_spent
 
     def measurements(self) -> tuple[Measurement, Measurement]:
-        """The label's encoder and decoder measurements: the clean runs of the accepted rounds
-        (every run in the fixed protocol, or of every round when none was accepted: such a row
-        is flagged, never silently wrong)."""
-        rounds = self.accepted() or self.pairs
+        """The label's encoder and decoder measurements: the runs of `label_rounds`, restated
+        by their brackets in duet mode."""
+        rounds = [r.kept(masks) for r, masks in self.label_rounds()]
         return (Measurement.from_rounds([r.encoder for r in rounds], self.protocol.trim),
                 Measurement.from_rounds([r.decoder for r in rounds], self.protocol.trim))

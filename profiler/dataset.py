@@ -40,19 +40,24 @@ logger = logging.getLogger(__name__)
 
 #: The settings every row of one file shares: what was measured (the space by name and by
 #: content), where (device, host, CPU model), with what (runtime and its version, format) and how
-#: (the timing protocol; `precision` 0 is HAT's fixed protocol).
+#: (the timing protocol; `precision` 0 is HAT's fixed protocol; `reference` the duet's reference
+#: architecture, `NO_REFERENCE` outside duet mode).
 SETTINGS = ("space", "space_digest", "device", "host", "cpu_model", "runtime", "runtime_version", "format",
-            "runs", "warmup", "trim", "rounds", "precision", "max_rounds", "threads", "seq_len", "beam", "vocab")
+            "runs", "warmup", "trim", "rounds", "precision", "max_rounds", "threads", "seq_len", "beam", "vocab",
+            "reference")
+NO_REFERENCE = "none"
 _INT_SETTINGS = frozenset({"runs", "warmup", "rounds", "max_rounds", "threads", "seq_len", "beam", "vocab"})
 _FRACTION_SETTINGS = {"trim": 0.5, "precision": 1.0}
 _STAT_COLUMNS = ("latency_median_ms", "latency_min_ms", "cv_encoder", "cv_decoder",
                  "round_spread", "interval", "other_cpu", "unstable")
-#: How a row's label was reached: rounds kept and discarded (and why), time spent, heat waits.
-_QUALITY_COLUMNS = ("converged", "rounds_used", "rounds_discarded", "discarded_why", "device_s", "gate_wait_s")
+#: How a row's label was reached: rounds kept and discarded (and why), time spent, heat waits, and
+#: in duet mode the reference's latency its runs were restated with (encoder + decoder).
+_QUALITY_COLUMNS = ("converged", "rounds_used", "rounds_discarded", "discarded_why", "device_s", "gate_wait_s",
+                    "reference_ms")
 COLUMNS = (HAT_COLUMNS + ("latency_ms", "arch_id", "arch") + SETTINGS + ("cpus",)
            + _STAT_COLUMNS + _QUALITY_COLUMNS + ("measured_at",))
 _TEXT_COLUMNS = ("arch_id", "arch", "space", "space_digest", "device", "host", "cpu_model", "runtime",
-                 "runtime_version", "format", "cpus", "discarded_why", "measured_at")
+                 "runtime_version", "format", "cpus", "discarded_why", "measured_at", "reference")
 _NS_PER_MS = 1e6
 #: Floats must read back exactly; pandas 3 does so by default and deprecates the option.
 _EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
@@ -111,14 +116,14 @@ def normalize_settings(settings: Mapping[str, Any]) -> dict[str, str]:
 
 
 def make_settings(space: DesignSpace, protocol: TimingProtocol, *, device: str, host: str, cpu_model: str,
-                  runtime: str, runtime_version: str, fmt: str) -> dict[str, str]:
+                  runtime: str, runtime_version: str, fmt: str, reference: str = NO_REFERENCE) -> dict[str, str]:
     """The settings of a measurement run, from its space, protocol and target."""
     return normalize_settings({
         "space": space.name, "space_digest": space.digest, "device": device, "host": host,
         "cpu_model": cpu_model, "runtime": runtime, "runtime_version": runtime_version, "format": fmt,
         "runs": protocol.runs, "warmup": protocol.warmup, "trim": protocol.trim, "rounds": protocol.rounds,
         "precision": protocol.precision, "max_rounds": protocol.max_rounds, "threads": protocol.threads,
-        "seq_len": protocol.seq_len, "beam": protocol.beam, "vocab": space.tgt_vocab,
+        "seq_len": protocol.seq_len, "beam": protocol.beam, "vocab": space.tgt_vocab, "reference": reference,
     })
 
 
@@ -277,7 +282,7 @@ class RowQuality:
     """How a row's label was reached (see `profiler.convergence`): None `converged` for HAT's
     fixed protocol; the rounds accepted (when that is not all of the label's: none was, and
     the label, flagged, is made of all rounds); the rounds discarded by reason, with their
-    samples; device and heat-wait time."""
+    samples; device and heat-wait time; the duet's scale (None outside duet mode)."""
 
     converged: bool | None = None
     rounds_used: int | None = None
@@ -285,13 +290,14 @@ class RowQuality:
     device_s: float = 0.0
     gate_wait_s: float = 0.0
     discarded_rounds: list[Mapping[str, Any]] = field(default_factory=list)
+    reference_ms: float | None = None
 
     def columns(self, rounds: int) -> dict[str, Any]:
         """The quality columns of a row whose label is made of `rounds` rounds."""
         return {"converged": self.converged, "rounds_used": rounds if self.rounds_used is None else self.rounds_used,
                 "rounds_discarded": sum(self.rounds_discarded.values()),
                 "discarded_why": " ".join(f"{k}={v}" for k, v in sorted(self.rounds_discarded.items())),
-                "device_s": self.device_s, "gate_wait_s": self.gate_wait_s}
+                "device_s": self.device_s, "gate_wait_s": self.gate_wait_s, "reference_ms": self.reference_ms}
 
 
 def _statistics(encoder: Measurement, decoder: Measurement, converged: bool | None = None) -> dict[str, Any]:

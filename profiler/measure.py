@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from profiler.artifacts import get_artifact
 from profiler.canary_history import CanaryHistory
 from profiler.convergence import CANARY_LIMIT, PARTS, ArchRounds, CanaryReference
-from profiler.dataset import DatasetWriter, RowQuality, make_settings, row_from_measurement
+from profiler.dataset import NO_REFERENCE, DatasetWriter, RowQuality, make_settings, row_from_measurement
+from profiler.duet import ReferenceScale, brackets_ns, reference_kind
 from profiler.errors import DatasetError, ErrorCode, HatprofError
 from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
@@ -68,6 +69,29 @@ class MeasureJob:
     #: Trained weights to measure instead of the seeded initialisation (e.g. inherited from a supernet).
     models: dict[str, SubTransformer] | None = None
 
+    @property
+    def reference(self) -> ArchConfig | None:
+        """The duet's reference model (the space's smallest, seeded weights), None outside duet mode."""
+        return self.space.smallest() if self.protocol.duet else None
+
+
+@dataclass(frozen=True)
+class Duet:
+    """What a duet measurement shares across architectures: the reference's artifact and scale."""
+
+    reference: ArchConfig
+    artifact: Path
+    scale: ReferenceScale
+
+    @classmethod
+    def open(cls, job: MeasureJob, environment: dict[str, Any]) -> "Duet | None":
+        reference, p = job.reference, job.protocol
+        if reference is None:
+            return None
+        kind = reference_kind(reference.arch_id, job.space.digest, job.fmt, p.threads, p.seq_len, p.beam)
+        return cls(reference, get_artifact(reference, job.space, job.fmt, cache_dir=job.cache_dir),
+                   ReferenceScale.for_machine(PARTS, environment, kind, p.trim, job.cache_dir))
+
 
 def _artifact(job: MeasureJob, arch: ArchConfig) -> Path:
     model = (job.models or {}).get(arch.arch_id)
@@ -85,7 +109,7 @@ def _error_code(exc: HatprofError) -> ErrorCode:
 
 def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchConfig],
                    artifacts: Sequence[Path], reference: CanaryReference, history: CanaryHistory,
-                   on_round: Callable[[ArchConfig, ArchRounds], None] | None
+                   duet: Duet | None, on_round: Callable[[ArchConfig, ArchRounds], None] | None
                    ) -> tuple[list[ArchRounds], dict[str, HatprofError]]:
     """The rounds of a group, interleaved: one round of every unfinished architecture per pass,
     in a fresh seeded random order after the first pass (randomized multiple interleaved
@@ -93,7 +117,7 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
 
     Returns each architecture's rounds and the errors of those that failed (then skipped).
     """
-    states = [ArchRounds(job.protocol, reference) for _ in archs]
+    states = [ArchRounds(job.protocol, reference, duet=None if duet is None else duet.scale) for _ in archs]
     failed: dict[str, HatprofError] = {}
     p = job.protocol
     planned = p.runs_per_round()
@@ -109,7 +133,8 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
         for arch, artifact, state in pending:
             start = time.monotonic()
             try:
-                pair = target.measure_round(artifact, job.fmt, _gated(spec, history, state) if p.converging else spec)
+                pair = target.measure_round(artifact, job.fmt, _gated(spec, history, state) if p.converging else spec,
+                                            None if duet is None else duet.artifact)
             except HatprofError as exc:
                 logger.warning("architecture %s: measurement failed: %s", arch.arch_id, exc)
                 failed[arch.arch_id] = exc
@@ -129,25 +154,29 @@ def _gated(spec: RoundSpec, history: CanaryHistory, state: ArchRounds) -> RoundS
     """`spec`, asking the device to wait (within its cooldown) while its canary probe is
     `CANARY_LIMIT` above the machine's fast level (once that is known), until the
     architecture's gate waits (any reason) add up to `SLOW_WAIT_BUDGET_S`: then its rounds are timed at once
-    and judged by their canaries, so a host slow for long costs a flagged row, not hours."""
+    and judged by their canaries, so a host slow for long costs a flagged row, not hours. In duet
+    mode a slow host is no reason to wait: the reference restates the runs."""
     fast = history.fast_ns
     waited = sum(float((pair.gate or {}).get("waited_s", 0.0)) for pair in state.pairs)
-    if not fast or waited >= SLOW_WAIT_BUDGET_S:
+    if not fast or waited >= SLOW_WAIT_BUDGET_S or state.duet is not None:
         return spec
     return dataclasses.replace(spec, slow_canary_ns=fast * (1 + CANARY_LIMIT))
 
 
 def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict[str, str],
-            environment: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            environment: dict[str, Any], duet: Duet | None) -> tuple[dict[str, Any], dict[str, Any]]:
     encoder, decoder = state.measurements()
     judged = state.judged()
     accepted = sum(r.verdict is None for r in judged)
+    scales = judged[0].scales_ns
     env = {**environment,
            "rounds": [{"before": r.pair.before, "after": r.pair.after, "gate": r.pair.gate, "verdict": r.verdict,
                        "canary_ns": {part: list(getattr(r.pair, part).canary_ns) for part in PARTS},
                        "dropped_ms": {part: [s / 1e6 for s in samples] for part, samples in r.dropped.items()}}
                       for r in judged],
            "warnings": {"encoder": encoder.warnings(), "decoder": decoder.warnings()}}
+    if duet is not None and scales is not None:
+        env["duet"] = _duet_record(duet, state, scales)
     quality = RowQuality(
         converged=state.converged if job.protocol.converging else None,
         rounds_used=accepted,
@@ -158,8 +187,27 @@ def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict
         discarded_rounds=[{"reason": r.verdict, **{f"{part}_ms": [s / 1e6 for s in getattr(r.pair, part).samples_ns]
                                                    for part in PARTS}}
                           for r in judged if r.verdict is not None and accepted],
+        reference_ms=None if scales is None else sum(scales.values()) / 1e6,
     )
     return row_from_measurement(arch, job.space, settings, encoder, decoder, env, quality)
+
+
+def _duet_record(duet: Duet, state: ArchRounds, scales_ns: dict[str, float]) -> dict[str, Any]:
+    """How a duet label was restated: the reference, its scale, and each label run's time as
+    timed and its bracket, in the order of the label's samples (each sample is timed x scale /
+    bracket, so its ratio can be recovered)."""
+    timed: dict[str, list[float]] = {part: [] for part in PARTS}
+    brackets: dict[str, list[float]] = {part: [] for part in PARTS}
+    for judged, masks in state.label_rounds():
+        for part in PARTS:
+            result = getattr(judged.pair, part)
+            kept = [i for i, keep in enumerate(masks[part]) if keep]
+            timed[part] += [result.samples_ns[i] / 1e6 for i in kept]
+            brackets[part] += [float(b) / 1e6 for b in brackets_ns(result)[kept]]
+    return {"reference": duet.reference.arch_id,
+            "scale_ms": {part: scale / 1e6 for part, scale in scales_ns.items()},
+            "calibration_rounds": duet.scale.calibration_rounds,
+            "timed_ms": timed, "bracket_ms": brackets}
 
 
 def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureTarget,
@@ -174,6 +222,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
     environment = target.info()
     history = CanaryHistory.for_machine(environment, job.cache_dir)
     reference = CanaryReference(history=history)
+    duet = Duet.open(job, environment)
     results: list[ArchResult] = []
 
     def report(result: ArchResult) -> None:
@@ -192,7 +241,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                 report(ArchResult(arch, error=ErrorCode.EXPORT_FAILED, message=str(exc)))
         attempts = {a.arch_id: 0 for a in group}
         while group:
-            measured, failed = _measure_group(job, target, group, artifacts, reference, history, on_round)
+            measured, failed = _measure_group(job, target, group, artifacts, reference, history, duet, on_round)
             retry, retry_artifacts = [], []
             for arch, artifact, state in zip(group, artifacts, measured):
                 attempts[arch.arch_id] += 1
@@ -201,7 +250,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                     report(ArchResult(arch, error=_error_code(error), message=str(error),
                                       attempts=attempts[arch.arch_id]))
                     continue
-                row, raw = _to_row(job, arch, state, writer.settings, environment)
+                row, raw = _to_row(job, arch, state, writer.settings, environment, duet)
                 if row["unstable"] and attempts[arch.arch_id] <= job.retry_unstable:
                     logger.info("architecture %s unstable, measuring again", arch.arch_id)
                     retry.append(arch)
@@ -211,6 +260,8 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                 report(ArchResult(arch, row=row, attempts=attempts[arch.arch_id]))
             group, artifacts = retry, retry_artifacts
         history.save()
+        if duet is not None:
+            duet.scale.save()
     return results
 
 
@@ -257,7 +308,7 @@ def dataset_settings(job: MeasureJob, device: str, targets: Sequence[MeasureTarg
         runtime=RUNTIMES[job.fmt],
         runtime_version=_agreed(device, f"{library} version",
                                 [str((i.get("libraries") or {}).get(library) or "unknown") for i in infos]),
-        fmt=job.fmt)
+        fmt=job.fmt, reference=NO_REFERENCE if job.reference is None else job.reference.arch_id)
 
 
 def open_dataset(path: Path, job: MeasureJob, device: str, targets: Sequence[MeasureTarget],

@@ -114,6 +114,9 @@ class TimingProtocol:
 
     Fixed (`precision` 0): HAT's protocol exactly: `runs` timed runs in `rounds` rounds,
     every one kept.
+
+    `duet`: a reference SubTransformer is timed before and after every run, in the canary's
+    place, and each run is restated by it (`profiler.duet`).
     """
 
     warmup: int = 5
@@ -129,10 +132,13 @@ class TimingProtocol:
     canary_every: int = 10
     max_temp_c: float = 80.0
     cooldown_s: float = 120.0
+    duet: bool = False
 
     def __post_init__(self) -> None:
         for name, lowest in _COUNT_FIELDS.items():
             _check_count(name, getattr(self, name), lowest)
+        if not isinstance(self.duet, bool):
+            raise ProtocolError(f"duet must be true or false, got {self.duet!r}")
         object.__setattr__(self, "trim", _check_trim(self.trim))
         object.__setattr__(self, "precision", _check_number("precision", self.precision, 0.0, 1.0))
         if self.max_seconds is not None:
@@ -172,7 +178,7 @@ class TimingProtocol:
     def round_spec(self, runs: int) -> "RoundSpec":
         """What the device needs to time one round of `runs` runs."""
         return RoundSpec(warmup=self.warmup, runs=runs, seq_len=self.seq_len, beam=self.beam,
-                         threads=self.threads, canary_every=self.canary_every,
+                         threads=self.threads, canary_every=1 if self.duet else self.canary_every,
                          max_temp_c=self.max_temp_c, cooldown_s=self.cooldown_s, trim=self.trim)
 
     def to_dict(self) -> dict[str, Any]:
@@ -388,15 +394,18 @@ def time_round(fn: Callable[[], Any], warmup: int, runs: int,
                probe: ContentionProbe | None = None, canary_every: int = 0,
                reference: Callable[[], Any] | None = None) -> RoundResult:
     """`time_runs`, with the contention probe watching the timed runs (not the warm-up) and,
-    with `canary_every` > 0, the reference kernel (`canary` unless given) timed between them."""
+    with `canary_every` > 0, the reference kernel (`canary` unless given) timed between them.
+    A reference given is warmed up with `fn`, one run of each in turn."""
     _check_count("warmup", warmup, 0)
     _check_count("runs", runs, 1)
     _check_count("canary_every", canary_every, 0)
     probe = probe if probe is not None else ContentionProbe()
-    if canary_every and reference is None:
-        reference = canary
     for _ in range(warmup):
         fn()
+        if reference is not None:
+            reference()
+    if canary_every and reference is None:
+        reference = canary
     probe.start()
     samples, canary_ns = _timed_loop(fn, runs, clock, canary_every, reference)
     return RoundResult(tuple(samples), probe.stop(), tuple(canary_ns))

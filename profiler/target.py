@@ -62,7 +62,8 @@ class MeasureTarget(TypingProtocol):
 
     def info(self) -> dict[str, Any]: ...
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec) -> RoundPair: ...
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec,
+                      reference_dir: Path | None = None) -> RoundPair: ...
 
     def close(self) -> None: ...
 
@@ -87,17 +88,24 @@ class LocalTarget:
     def info(self) -> dict[str, Any]:
         return collect_environment(self.threads, self.cpus, {})
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec) -> RoundPair:
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec,
+                      reference_dir: Path | None = None) -> RoundPair:
         """One round of `spec`: the thermal gate's wait, then warm-up and timed runs of the
-        encoder, then of the decoder (`spec.threads` must be this target's)."""
+        encoder, then of the decoder (`spec.threads` must be this target's). With a
+        `reference_dir` (duet mode), the same part of that artifact is timed in the canary's
+        place, before and after every run."""
         if spec.threads != self.threads:
             raise ProtocolError(f"this target times with {self.threads} thread(s), the round asks for {spec.threads}")
         runner = self._runner(Path(artifact_dir), fmt, spec.seq_len, spec.beam)
+        reference = None if reference_dir is None else self._runner(Path(reference_dir), fmt, spec.seq_len, spec.beam)
+        every = spec.canary_every if reference is None else 1
         gate = ThermalGate(self.cpus, spec.max_temp_c, spec.cooldown_s, root=self._sysfs_root,
                            slow_ns=spec.slow_canary_ns, canary_ns=lambda: canary_median_ns(self._clock)).wait()
         before = snapshot(self.cpus)
-        encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)
-        decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock, canary_every=spec.canary_every)
+        encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock, canary_every=every,
+                             reference=reference and reference.run_encoder)
+        decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock, canary_every=every,
+                             reference=reference and reference.run_decoder)
         return RoundPair(encoder, decoder, before, snapshot(self.cpus), gate)
 
     def _runner(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int) -> Runner:

@@ -99,7 +99,10 @@ class _Worker:
         from profiler.protocol import Measurement, RoundSpec
 
         spec = RoundSpec.from_dict(request["spec"])
-        pair = self.target(spec.threads).measure_round(Path(request["dir"]), request["format"], spec)
+        # duet mode: a folder the parent resolved (the local cache, or the agent's own store), never a client's path
+        reference = request.get("reference_dir")
+        pair = self.target(spec.threads).measure_round(Path(request["dir"]), request["format"], spec,
+                                                       Path(reference) if reference else None)
         return {"result": pair.to_dict(),
                 "statistics": {part: Measurement.from_rounds([getattr(pair, part)], spec.trim).summary()
                                for part in ("encoder", "decoder")}}
@@ -268,12 +271,14 @@ class WorkerTarget:
     def info(self) -> dict[str, Any]:
         return self._call({"op": "info", "threads": self.threads})
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec) -> RoundPair:
-        """One round of `spec` in the worker."""
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec,
+                      reference_dir: Path | None = None) -> RoundPair:
+        """One round of `spec` in the worker (with the duet's reference, when given)."""
         from profiler.target import RoundPair
 
         reply = self._call({"op": "measure", "dir": str(Path(artifact_dir).resolve()), "format": fmt,
-                            "spec": spec.to_dict()})
+                            "spec": spec.to_dict(),
+                            "reference_dir": str(Path(reference_dir).resolve()) if reference_dir else None})
         return RoundPair.from_dict(reply["result"])
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from _agent_support import TOKEN, raw, request, start_agent, wait_until
 from device_agents.agent import AgentConfig, AgentServer, serve
-from device_agents.wire import WireError, parse_measure, read_token
+from device_agents.wire import WireError, artifact_files, parse_measure, read_token
 from profiler.errors import DeviceError
 
 SHA = "a" * 64
@@ -145,11 +145,12 @@ def _bodies_with_a_wrong_type():
     good = {"artifact": {"format": "onnx", "files": dict(FILES)}, "warmup": 1, "runs": 10, "seq_len": 4,
             "beam": 2, "threads": 1, "trim": 0.1}
     for value in _JSON_VALUES:
-        yield {**good, "artifact": value}
-        yield {**good, "artifact": {"format": value, "files": dict(FILES)}}
-        yield {**good, "artifact": {"format": "onnx", "files": value}}
-        for name in FILES:
-            yield {**good, "artifact": {"format": "onnx", "files": {**FILES, name: value}}}
+        for field in ("artifact", "reference"):  # the duet's reference is checked as the artifact is
+            yield {**good, field: value}
+            yield {**good, field: {"format": value, "files": dict(FILES)}}
+            yield {**good, field: {"format": "onnx", "files": value}}
+            for name in FILES:
+                yield {**good, field: {"format": "onnx", "files": {**FILES, name: value}}}
         for name in ("warmup", "runs", "seq_len", "beam", "threads", "trim", "slow_canary_ns"):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and (name == "trim" and 0 <= value < 0.5 or name == "slow_canary_ns" and value >= 0)):
@@ -162,6 +163,22 @@ def test_any_wrong_type_in_any_field_is_a_400(body):
         parse_measure(body)
     assert refused.value.status == 400
     assert refused.value.code in ("invalid_field", "bad_hash", "bad_filename", "unknown_field")
+
+
+def test_a_duet_reference_is_an_artifact_of_the_same_format_never_a_path():
+    good = {"artifact": {"format": "onnx", "files": dict(FILES)}}
+    assert parse_measure(good)["reference_files"] is None
+    other = {name: "b" * 64 for name in FILES}
+    duet = parse_measure({**good, "reference": {"format": "onnx", "files": other}})
+    assert duet["reference_files"] == other and duet["files"] == FILES
+    with pytest.raises(WireError, match="the artifact's format") as refused:
+        parse_measure({**good, "reference": {"format": "torchscript",
+                                             "files": {name: "b" * 64 for name in artifact_files("torchscript")}}})
+    assert refused.value.code == "invalid_field"
+    for path_field in ("reference_dir", "dir"):  # what the agent's worker reads is the agent's own to set
+        with pytest.raises(WireError) as refused:
+            parse_measure({**good, path_field: "/etc"})
+        assert refused.value.code == "unknown_field"
 
 
 def test_the_slow_host_limit_travels_as_a_number_of_the_round_spec():

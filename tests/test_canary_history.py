@@ -90,7 +90,7 @@ class ProbedTarget:
     def info(self):
         return {**MACHINE, "affinity": "0", "libraries": {"onnxruntime": "1.0"}}
 
-    def measure_round(self, artifact_dir, fmt, spec):
+    def measure_round(self, artifact_dir, fmt, spec, reference_dir=None):
         self.specs.append(spec)
         slow = 0 < spec.slow_canary_ns < self.probe_ns
         wobble = 1 + 0.002 * ((len(self.specs) % 3) - 1)

@@ -149,7 +149,7 @@ class BurstyTarget:
         return {"hostname": "fakehost", "affinity": "0", "cpu_model": "Fake CPU",
                 "libraries": {"onnxruntime": "1.0"}}
 
-    def measure_round(self, artifact_dir, fmt, spec):
+    def measure_round(self, artifact_dir, fmt, spec, reference_dir=None):
         self.rounds += 1
         burst = self.rounds % self.burst_every == 0
         wobble = 1 + 0.002 * ((self.rounds % 3) - 1)

@@ -32,7 +32,7 @@ class FakeTarget:
     def info(self):
         return {"hostname": "fakehost", "affinity": "0"}
 
-    def measure_round(self, artifact_dir, fmt, spec):
+    def measure_round(self, artifact_dir, fmt, spec, reference_dir=None):
         arch_id, runs = Path(artifact_dir).name, spec.runs
         self.calls.append(arch_id)
         if arch_id in self.failing:

@@ -205,7 +205,8 @@ def test_the_canary_is_timed_before_the_runs_between_them_and_after():
     clock = FakeClock([100, 5, 6, 101, 7, 8, 102, 9, 103])
     result = time_round(lambda: events.append("run"), warmup=1, runs=5, clock=clock, probe=FakeProbe(0.0, events),
                         canary_every=2, reference=lambda: events.append("canary"))
-    assert events == ["run", "start", "canary", "run", "run", "canary", "run", "run", "canary", "run",
+    # a reference given is warmed up too, in turn with the runs
+    assert events == ["run", "canary", "start", "canary", "run", "run", "canary", "run", "run", "canary", "run",
                       "canary", "stop"]
     assert result == RoundResult((5, 6, 7, 8, 9), 0.0, (100, 101, 102, 103))
 

@@ -1,0 +1,233 @@
+"""Duet mode: runs restated by the reference runs around them, judged on rounds of known samples,
+through `measure_archs` with a fake two-speed host, and timed for real in the worker."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hatprof.cli import main
+from profiler import measure
+from profiler.canary_history import CanaryHistory
+from profiler.convergence import CANARY_LIMIT, ArchRounds
+from profiler.dataset import DatasetWriter, raw_path_for, read_dataset
+from profiler.duet import CALIBRATION_ROUNDS, ReferenceScale, brackets_ns, restated, steady_runs
+from profiler.errors import ProtocolError
+from profiler.measure import MeasureJob, dataset_settings, measure_archs
+from profiler.protocol import RoundResult, RoundSpec, TimingProtocol, trimmed_mean
+from profiler.space import load_space
+from profiler.target import RoundPair
+
+SPACE = load_space("compact")
+MS = 1_000_000
+PARTS = ("encoder", "decoder")
+
+
+def test_a_run_is_restated_by_the_geometric_mean_of_the_reference_runs_around_it():
+    result = RoundResult((300, 800), 0.0, (100, 400, 100))
+    assert list(brackets_ns(result)) == [200.0, 200.0]  # sqrt(100 x 400) on either side
+    assert restated(result, 50.0).samples_ns == (75, 200)  # 300 / 200 x 50, 800 / 200 x 50
+    assert restated(result, 50.0).canary_ns == result.canary_ns
+    with pytest.raises(ProtocolError, match="needs 3 reference runs"):
+        brackets_ns(RoundResult((300, 800), 0.0, (100, 400)))
+
+
+def test_a_run_is_steady_when_its_two_reference_runs_agree():
+    edge = round(1000 * (1 + CANARY_LIMIT))  # exactly at the limit: steady
+    result = RoundResult((1, 2, 3), 0.0, (1000, edge, edge + 400, edge + 400))  # 1650 / 1250 = 1.32
+    assert steady_runs(result, CANARY_LIMIT) == [True, False, True]
+
+
+def duet_pair(model_ms: float, reference_ms: float, speed: float = 1.0, runs: int = 10,
+              switch_at: int | None = None) -> RoundPair:
+    """A round on a host `speed` times slower than its fast level: model and reference alike
+    (encoder 1/4, decoder 3/4 of each), a little spread; from run `switch_at` on the host is
+    fast again (so the reference runs around that run disagree)."""
+    def factor(i: int) -> float:
+        return 1.0 if switch_at is not None and i >= switch_at else speed
+
+    def part(share: float) -> RoundResult:
+        model = tuple(int(model_ms * share * MS * factor(i) * (1 + 0.001 * (i % 3))) for i in range(runs))
+        reference = tuple(int(reference_ms * share * MS * factor(i)) for i in range(runs + 1))
+        return RoundResult(model, 0.0, reference)
+    return RoundPair(part(0.25), part(0.75))
+
+
+def test_a_duet_label_is_the_fast_hosts_whatever_speed_its_rounds_ran_at():
+    protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=12, trim=0.1, duet=True)
+    scale = ReferenceScale(PARTS, trim=0.1)
+    state = ArchRounds(protocol, duet=scale)
+    speeds = [1.0, 1.6, 1.6, 1.0, 1.6, 1.6]  # a two-speed host, slow two rounds in three
+    for speed in speeds:
+        assert state.add(duet_pair(20.0, 5.0, speed), 1.0) is None  # no round is discarded
+    # the scale is the reference's fast level: the 20th percentile of its rounds' trimmed means
+    assert scale.scale_ns("encoder") == pytest.approx(5.0 * 0.25 * MS, rel=1e-6)
+    assert state.converged and state.interval() < 0.001
+    encoder, decoder = state.measurements()
+    plain = statistics.fmean(speeds) * 20.0
+    assert encoder.trimmed_mean_ms + decoder.trimmed_mean_ms == pytest.approx(20.0, rel=0.002)
+    assert plain > 26  # what the times themselves average to
+
+
+def test_a_round_the_host_changed_speed_in_is_discarded_as_bracket():
+    protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=12, trim=0.1, duet=True)
+    state = ArchRounds(protocol, duet=ReferenceScale(PARTS, trim=0.1))
+    assert state.add(duet_pair(20.0, 5.0), 1.0) is None
+    # the speed changes before every second run: the reference runs around each run disagree
+    flicker = duet_pair(20.0, 5.0)
+    flicker = RoundPair(*(RoundResult(r.samples_ns, 0.0, tuple(c * (1.6 if i % 2 else 1) for i, c in
+                                                               enumerate(r.canary_ns)))
+                          for r in (flicker.encoder, flicker.decoder)))
+    assert state.add(flicker, 1.0) == "bracket"
+    # one change of speed mid-round drops the one run it straddles and keeps the round
+    assert state.add(duet_pair(20.0, 5.0, speed=1.6, switch_at=5), 1.0) is None
+    assert [sum(m) for m in state.judged()[2].masks.values()] == [9, 9]
+
+
+class TwoSpeedTarget:
+    """A device whose host runs 1.6x slower every other round, model and reference alike;
+    it records the reference artifact it was given."""
+
+    name, threads = "twospeed", 1
+
+    def __init__(self):
+        self.rounds, self.references = 0, set()
+
+    def info(self):
+        return {"hostname": "fakehost", "affinity": "0", "cpu_model": "Fake CPU",
+                "libraries": {"onnxruntime": "1.0"}}
+
+    def measure_round(self, artifact_dir, fmt, spec, reference_dir=None):
+        assert spec.canary_every == 1
+        self.rounds += 1
+        self.references.add(reference_dir)
+        return duet_pair(12.0, 4.0, speed=1.6 if self.rounds % 2 else 1.0, runs=spec.runs)
+
+    def close(self):
+        pass
+
+
+def test_measuring_in_duet_mode_writes_the_fast_label_its_scale_and_what_restates_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(measure, "get_artifact", lambda arch, *a, **k: tmp_path / arch.arch_id)
+    protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=12, trim=0.1, duet=True)
+    job = MeasureJob(SPACE, protocol, interleave=2, cache_dir=tmp_path / "cache")
+    target = TwoSpeedTarget()
+    with DatasetWriter(tmp_path / "d.csv", dataset_settings(job, "twospeed", [target])) as writer:
+        measure_archs(SPACE.sample_many(2, seed=5), job, target, writer)
+    assert target.references == {tmp_path / SPACE.smallest().arch_id}
+    df = read_dataset(tmp_path / "d.csv")
+    assert (df["reference"] == SPACE.smallest().arch_id).all()
+    assert not df["unstable"].any() and (df["rounds_discarded"] == 0).all()
+    # half the rounds ran 1.6x slower; the label is the fast host's, the scale its reference's
+    assert np.allclose(df["latency_ms"], 12.0, rtol=0.002) and np.allclose(df["reference_ms"], 4.0, rtol=1e-6)
+    for line in raw_path_for(tmp_path / "d.csv").read_text().splitlines():
+        raw = json.loads(line)
+        duet = raw["environment"]["duet"]
+        assert duet["reference"] == SPACE.smallest().arch_id
+        for part in PARTS:
+            timed, brackets = duet["timed_ms"][part], duet["bracket_ms"][part]
+            again = [t * duet["scale_ms"][part] / b for t, b in zip(timed, brackets)]
+            assert again == pytest.approx(raw[f"{part}_ms"], abs=1e-6)  # whole nanoseconds
+            assert max(timed) > 1.5 * min(timed)  # the times themselves did move
+    # the reference's first rounds are kept for the next process, per part: its calibration
+    kept = sorted((tmp_path / "cache" / "canary").glob("*-reference-*-encoder.json"))
+    assert len(kept) == 1 and len(json.loads(kept[0].read_text())["probe_ns"]) == min(target.rounds,
+                                                                                      CALIBRATION_ROUNDS)
+    assert duet["calibration_rounds"] == min(target.rounds, CALIBRATION_ROUNDS)
+
+
+def test_the_scale_is_fixed_once_calibrated_and_the_next_process_restates_with_it(tmp_path):
+    env, kind = {"hostname": "h"}, "reference-x"
+    first = ReferenceScale.for_machine(PARTS, env, kind, 0.0, tmp_path)
+    for i in range(CALIBRATION_ROUNDS):
+        pair = duet_pair(20.0, 5.0 + i / 10)  # reference trimmed means 5.0 .. 7.9 ms
+        for part in PARTS:
+            first.record(part, getattr(pair, part))
+    calibrated = first.scale_ns("encoder")
+    expected = np.percentile([(5.0 + i / 10) * 0.25 * MS for i in range(CALIBRATION_ROUNDS)], 20)
+    assert calibrated == pytest.approx(expected, rel=1e-6)
+    fast = duet_pair(20.0, 1.0)
+    first.record("encoder", fast.encoder)  # a much faster round later moves nothing
+    assert first.scale_ns("encoder") == calibrated and first.calibration_rounds == CALIBRATION_ROUNDS
+    first.save()
+    assert ReferenceScale.for_machine(PARTS, env, kind, 0.0, tmp_path).scale_ns("encoder") == calibrated
+
+
+def test_a_history_level_needs_no_minimum_and_each_kind_has_its_own_file(tmp_path):
+    history = CanaryHistory()
+    assert history.level_ns() is None and history.fast_ns is None
+    history.record(500.0)
+    assert history.level_ns() == 500.0 and history.fast_ns is None
+    for probe in (100.0, 200.0, 300.0, 400.0):
+        history.record(probe)
+    assert history.level_ns() == 180.0  # 20th percentile of 100..500, inclusive
+    env = {"hostname": "h"}
+    assert (CanaryHistory.for_machine(env, tmp_path).path
+            != CanaryHistory.for_machine(env, tmp_path, "reference-x-encoder").path)
+
+
+def check_reference_timed_around_every_run(target, smallest: Path, largest: Path) -> None:
+    """`target` times the reference artifact, not the model, in the canary's place."""
+    spec = RoundSpec(seq_len=4, beam=2, warmup=1, runs=6, canary_every=10)
+    small_model = target.measure_round(smallest, "onnx", spec, reference_dir=largest)
+    large_model = target.measure_round(largest, "onnx", spec, reference_dir=smallest)
+    for part in PARTS:
+        small, large = getattr(small_model, part), getattr(large_model, part)
+        assert len(small.canary_ns) == len(large.canary_ns) == 7  # before, between and after every run
+        # the reference runs are the other artifact's: the largest's take longer than the smallest's
+        assert statistics.median(small.canary_ns) > statistics.median(small.samples_ns)
+        assert statistics.median(large.canary_ns) < statistics.median(large.samples_ns)
+
+
+def test_the_worker_times_the_reference_artifact_around_every_run(artifact):
+    from profiler.artifacts import get_artifact
+    from profiler.worker import WorkerTarget
+
+    target = WorkerTarget(threads=1, cpus={max(os.sched_getaffinity(0))})
+    try:
+        check_reference_timed_around_every_run(target, artifact, get_artifact(SPACE.largest(), SPACE, "onnx"))
+    finally:
+        target.close()
+
+
+def test_an_agent_is_sent_the_reference_and_times_it_around_every_run(artifact, tmp_path):
+    from _agent_support import TOKEN, start_agent
+    from device_agents.client import RemoteTarget
+    from profiler.artifacts import get_artifact
+
+    server = start_agent(tmp_path / "agent-cache")  # holds nothing: both artifacts are uploaded
+    try:
+        target = RemoteTarget(server.url, TOKEN, threads=1, name="loopback")
+        check_reference_timed_around_every_run(target, artifact, get_artifact(SPACE.largest(), SPACE, "onnx"))
+    finally:
+        server.close()
+
+
+def test_duet_mode_is_refused_through_ray_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collect", "--devices", "rpi4", "--samples", "1", "--backend", "ray", "--duet",
+              "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Ray backend does not take a reference" in err
+    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_rounds_reference_trimmed_mean_is_what_the_scale_is_made_of():
+    scale = ReferenceScale(PARTS, trim=0.2)
+    pair = duet_pair(20.0, 5.0)
+    for part in PARTS:
+        scale.record(part, getattr(pair, part))
+    expected = trimmed_mean(pair.encoder.canary_ns, 0.2)
+    assert scale.scale_ns("encoder") == expected and not math.isnan(expected)
+
+
+def test_duet_is_a_yes_or_no_setting():
+    with pytest.raises(ProtocolError, match="duet must be true or false"):
+        TimingProtocol(duet="yes")
+    assert TimingProtocol(duet=True).round_spec(50).canary_every == 1
+    assert TimingProtocol(duet=False).round_spec(50).canary_every == TimingProtocol.canary_every
