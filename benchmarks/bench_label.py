@@ -1,8 +1,9 @@
-"""How well one latency label repeats, and what it costs: converging protocol vs HAT's fixed one.
+"""How well one latency label repeats, and what it costs: converging protocol vs HAT's fixed one, and duet mode.
 
 For each condition (`quiet`; `hog`: a busy-loop process pinned to the CPU the measurement
 does not use) and each protocol (`converging`: the default, ±1% across clean rounds;
-`fixed`: HAT's 300 runs in 3 rounds, nothing discarded), one compact SubTransformer is
+`fixed`: HAT's 300 runs in 3 rounds, nothing discarded; `duet`: the default with `--duet`,
+each run restated by the reference model's runs around it), one compact SubTransformer is
 measured `--repeats` times, each by `hatprof measure` in a fresh process, the protocols
 alternating so that slow changes of the machine hit both alike. Then, at equal precision:
 the converging protocol with `--precision` set to the median 95% interval the fixed
@@ -34,7 +35,7 @@ from profiler.dataset import measurements_from_raw, raw_path_for
 from profiler.metadata import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROTOCOLS = {"converging": [], "fixed": ["--fixed"]}
+PROTOCOLS = {"converging": [], "fixed": ["--fixed"], "duet": ["--duet"]}
 
 
 def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
@@ -49,10 +50,13 @@ def measure_once(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
             "rounds_used": int(row["rounds_used"]), "rounds_discarded": int(row["rounds_discarded"]),
             "discarded_why": "" if pd.isna(row["discarded_why"]) else str(row["discarded_why"]),
             "device_s": float(row["device_s"]), "gate_wait_s": float(row["gate_wait_s"]),
+            # duet mode: the reference's latency the runs were restated with (label / scale: the ratio)
+            "reference_ms": None if pd.isna(row["reference_ms"]) else float(row["reference_ms"]),
             # how the machine behaved: each label round's total, and the canary's median over its fastest
             "round_totals_ms": _round_totals_ms(raw, float(row["trim"])),
             "canary_median_over_min": statistics.median(canaries) / min(canaries) if canaries else None,
-            # every round in the sidecar (discarded ones too): aligned with round_totals_ms under --fixed
+            # every round in the sidecar (discarded ones too): aligned with round_totals_ms under --fixed;
+            # in duet mode the "canary" is the reference model
             "round_canary_us": [statistics.median(c for part in r["canary_ns"].values() for c in part) / 1e3
                                 for r in raw["environment"]["rounds"]]}
 
@@ -81,10 +85,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the one sampled compact architecture")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--conditions", default="quiet,hog")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"some of {', '.join(PROTOCOLS)}")
     parser.add_argument("--cooldown", type=float, default=120.0,
                         help="the gate's longest wait before a round (hatprof measure --cooldown)")
     parser.add_argument("--out", type=Path, default=RESULTS / "label.json")
     args = parser.parse_args()
+    protocols = {name: PROTOCOLS[name] for name in args.protocols.split(",")}
     cpus = sorted(os.sched_getaffinity(0))
     hog_cpu = cpus[0] if len(cpus) > 1 else None  # the measurement pins the highest-numbered CPU
     result: dict = {"seed": args.seed, "machine": {"host": os.uname().nodename, "cpu_model": cpu_model(),
@@ -92,13 +98,13 @@ def main() -> None:
                     "load_before": os.getloadavg(), "conditions": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for condition in args.conditions.split(","):
-            runs: dict[str, list[dict]] = {name: [] for name in PROTOCOLS}
+            runs: dict[str, list[dict]] = {name: [] for name in protocols}
             with busy_loops([hog_cpu] if condition == "hog" and hog_cpu is not None else []):
                 for repeat in range(args.repeats):
-                    for name, extra in PROTOCOLS.items():
+                    for name, extra in protocols.items():
                         runs[name].append(measure_once(args, extra, Path(tmp) / f"{condition}-{name}-{repeat}.csv"))
                         print(f"{condition} {name} {repeat + 1}/{args.repeats}: {runs[name][-1]}", file=sys.stderr)
-                if condition == "quiet":
+                if condition == "quiet" and "fixed" in protocols:
                     precision = statistics.median(r["interval"] for r in runs["fixed"])
                     name = "converging_at_fixed_precision"
                     runs[name] = [measure_once(args, ["--precision", f"{min(precision, 0.5):.6f}"],
