@@ -1,5 +1,6 @@
 """The README's commands run as written: the set-up targets exist and the device agent's
-block (token, then serve on 127.0.0.1) works, started and stopped here."""
+block (token, then serve on 127.0.0.1) works, started and stopped here; its copy of the agent's
+wire protocol is the agent's docstring, word for word."""
 from __future__ import annotations
 
 import json
@@ -84,3 +85,14 @@ def test_the_agent_commands_run_as_written(tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
+
+
+def test_the_wire_protocol_in_the_readme_is_the_agents_own():
+    import device_agents.agent
+
+    doc = device_agents.agent.__doc__
+    own = doc[doc.index("Protocol, version 1"):].strip().splitlines()
+    section = README.split("\n### The agent's wire protocol\n", 1)[1].split("\n### ", 1)[0]
+    shown = [line[4:] for line in section.splitlines() if line.startswith("    ") or not line.strip()]
+    shown = "\n".join(shown).strip().splitlines()
+    assert shown == own
