@@ -35,23 +35,28 @@ from profiler.errors import ProtocolError
 from profiler.protocol import RoundResult, trimmed_mean
 
 
-def brackets_ns(result: RoundResult) -> np.ndarray:
-    """Each run's bracket: the geometric mean of the reference runs timed just before and just
-    after it (a duet round times n + 1 reference runs around its n runs)."""
+def _around(result: RoundResult) -> tuple[np.ndarray, np.ndarray]:
+    """The reference run before and the one after each run (a duet round times n + 1
+    reference runs around its n runs)."""
     reference = np.asarray(result.canary_ns, dtype=np.float64)
     if len(reference) != len(result.samples_ns) + 1:
         raise ProtocolError(f"a duet round of {len(result.samples_ns)} runs needs {len(result.samples_ns) + 1} "
                             f"reference runs around them, got {len(reference)}")
-    return np.sqrt(reference[:-1] * reference[1:])
+    return reference[:-1], reference[1:]
+
+
+def brackets_ns(result: RoundResult) -> np.ndarray:
+    """Each run's bracket: the geometric mean of the reference runs just before and just after it."""
+    before, after = _around(result)
+    return np.sqrt(before * after)
 
 
 def steady_runs(result: RoundResult, limit: float) -> list[bool]:
     """Which runs the host did not change speed during: those whose two reference runs are
     within `limit` (relative) of each other."""
-    reference = np.asarray(result.canary_ns, dtype=np.float64)
-    brackets_ns(result)  # checks the count
-    low, high = np.minimum(reference[:-1], reference[1:]), np.maximum(reference[:-1], reference[1:])
-    return [bool(h <= lo * (1 + limit)) for lo, h in zip(low, high)]
+    before, after = _around(result)
+    return [bool(high <= low * (1 + limit))
+            for low, high in zip(np.minimum(before, after), np.maximum(before, after))]
 
 
 def restated(result: RoundResult, scale_ns: float) -> RoundResult:
