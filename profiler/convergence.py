@@ -165,6 +165,7 @@ class JudgedRound:
 
     @property
     def every_run(self) -> dict[str, list[bool]]:
+        """Masks that keep every run of the round."""
         return {part: [True] * len(mask) for part, mask in self.masks.items()}
 
     @property
