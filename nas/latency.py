@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from profiler.dataset import NO_REFERENCE
 from profiler.errors import SpaceError
 from profiler.space import ArchConfig, DesignSpace
 
@@ -39,6 +40,13 @@ class PredictedLatency:
         """The latency statistic the predictor learnt (trimmed mean, median or minimum)."""
         metadata = getattr(self.predictor, "metadata", {}) or {}
         return metadata.get("data", {}).get("latency_statistic", DEFAULT_STATISTIC)
+
+    @property
+    def duet(self) -> bool:
+        """Whether the predictor learnt duet labels (its rows name a reference model), so that
+        a latency measured to check it is timed the same way."""
+        metadata = getattr(self.predictor, "metadata", {}) or {}
+        return metadata.get("data", {}).get("reference", NO_REFERENCE) != NO_REFERENCE
 
     def check_space(self, space: DesignSpace, supernet: str | Path) -> None:
         """Refuse a supernet of another design space than the predictor's (by name and content):

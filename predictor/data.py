@@ -22,7 +22,7 @@ PART_TARGETS = ("encoder", "decoder")
 TOTAL_TARGET = ("total",)
 
 #: Settings that must take one value in a training set (an empty cell counts as unknown).
-SINGLE_VALUED = ("device", "space", "runtime", "format", "seq_len", "beam", "vocab", "threads")
+SINGLE_VALUED = ("device", "space", "runtime", "format", "seq_len", "beam", "vocab", "threads", "reference")
 #: Further settings recorded in a predictor's metadata when present.
 RECORDED = ("host", "runs", "warmup", "trim", "rounds", "cpus", "latency_statistic")
 

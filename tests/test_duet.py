@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from hatprof.cli import main
@@ -17,7 +18,7 @@ from profiler.canary_history import CanaryHistory
 from profiler.convergence import CANARY_LIMIT, ArchRounds
 from profiler.dataset import DatasetWriter, raw_path_for, read_dataset
 from profiler.duet import CALIBRATION_ROUNDS, ReferenceScale, brackets_ns, restated, steady_runs
-from profiler.errors import ProtocolError
+from profiler.errors import PredictorError, ProtocolError
 from profiler.measure import MeasureJob, dataset_settings, measure_archs
 from profiler.protocol import RoundResult, RoundSpec, TimingProtocol, trimmed_mean
 from profiler.space import load_space
@@ -231,3 +232,30 @@ def test_duet_is_a_yes_or_no_setting():
         TimingProtocol(duet="yes")
     assert TimingProtocol(duet=True).round_spec(50).canary_every == 1
     assert TimingProtocol(duet=False).round_spec(50).canary_every == TimingProtocol.canary_every
+
+
+def test_a_predictor_of_duet_rows_is_checked_by_duet_measurements(monkeypatch, tmp_path):
+    import hatprof.commands.search as search_command
+    from nas.latency import PredictedLatency
+    from predictor import train_predictor
+    from predictor.synthetic import synthetic_frame
+
+    plain = synthetic_frame(60, seed=1)
+    duet = plain.assign(reference=SPACE.smallest().arch_id)
+    assert not PredictedLatency(train_predictor(plain)).duet
+    latency = PredictedLatency(train_predictor(duet))
+    assert latency.duet
+    with pytest.raises(PredictorError, match="reference"):  # duet and plain labels are not one quantity
+        train_predictor(pd.concat([duet, plain.assign(reference="none")], ignore_index=True))
+
+    opened = []
+
+    class Closed:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(search_command, "open_device", lambda name, protocol: opened.append(protocol) or
+                        (Closed(), protocol))
+    with search_command.measuring("local", 300, None, tmp_path / "m.csv", latency):
+        pass
+    assert [p.duet for p in opened] == [True]

@@ -74,7 +74,7 @@ def demo(ctx: click.Context, out: Path, samples: int, iterations: int, populatio
     torch.set_num_threads(1)  # as `hatprof search` does by default
     task = SearchTask.load(bundled_path(CHECKPOINT))
     settings = SearchSettings(iterations=iterations, population=population)
-    with measuring("local", protocol.runs, task.net, out / "search.measured.csv", latency.statistic) as measure:
+    with measuring("local", protocol.runs, task.net, out / "search.measured.csv", latency) as measure:
         record = search_and_measure(task, latency, [limit], settings, measure,
                                     on_iteration=SearchProgress(1, iterations))
     (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")

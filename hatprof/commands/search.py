@@ -125,17 +125,18 @@ def _parse_limits(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 @contextlib.contextmanager
-def measuring(device: str | None, runs: int, net: SuperTransformer, csv_path: Path, statistic: str):
+def measuring(device: str | None, runs: int, net: SuperTransformer, csv_path: Path, latency: PredictedLatency):
     """The `measure` function of `search_and_measure` on `device` (None: no measurement),
-    its rows in `csv_path`, with a progress bar; the device is closed on exit."""
+    its rows in `csv_path`, with a progress bar, timed as `latency`'s predictor learnt (its
+    statistic; duet mode if its rows were); the device is closed on exit."""
     if device is None:
         yield None
         return
-    target, protocol = open_device(device, TimingProtocol(runs=runs))
+    target, protocol = open_device(device, TimingProtocol(runs=runs, duet=latency.duet))
 
     def measure(archs: Sequence[ArchConfig]) -> dict[str, float]:
         with progress_bar(len(archs), f"measuring on {device}") as bar:
-            return measure_inherited(net, archs, target, protocol, csv_path, device, statistic,
+            return measure_inherited(net, archs, target, protocol, csv_path, device, latency.statistic,
                                      on_progress=lambda done, total: bar.update(1))
 
     try:
@@ -229,8 +230,7 @@ def search(predictor_path: str, latency_limit_ms: float | None, latency_limits: 
         intervals_of(latency.predictor).check(confidence)  # fail now: no or too few scored rows
     settings = SearchSettings(strategy=strategy, iterations=iterations, population=population,
                               mutation_prob=mutation_prob, crossover_prob=crossover_prob, seed=seed)
-    with measuring(measure_device, measure_runs, task.net, out.with_suffix(".measured.csv"),
-                    latency.statistic) as measure:
+    with measuring(measure_device, measure_runs, task.net, out.with_suffix(".measured.csv"), latency) as measure:
         record = search_and_measure(task, latency, limits, settings, measure,
                                     on_iteration=SearchProgress(len(limits), iterations),
                                     on_step=lambda step: click.echo(f"{step}...", err=True))
