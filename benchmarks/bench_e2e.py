@@ -9,9 +9,14 @@ For each latency statistic (HAT's trimmed mean, and the minimum):
 The winners' validation loss and BLEU are reported next to the largest SubTransformer's.
 With `--busy`, a busy-loop process keeps each CPU the measurements are not pinned to busy
 all along (the search then shares the machine with it too), and the measured latencies say
-whether they converged. Writes benchmarks/results/search_e2e.json.
+whether they converged. With `--adapt K`, step 1 also measures the K architectures
+`predictor suggest` picks here, now, and adapts the predictor to them (for a machine whose
+speed is no longer the bundled dataset's); with `--confidence C` the search keeps only
+candidates whose predicted upper bound at C fits the limit; `--duet` measures in duet mode.
+Writes benchmarks/results/search_e2e.json.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_e2e.py [--seeds 0,1] [--statistics min] [--busy]
+        [--adapt 20 --confidence 0.9 --duet]
 """
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ from nas.latency import PredictedLatency
 from nas.measured import measure_inherited
 from nas.search import SearchSettings
 from predictor import train_predictor
+from predictor.suggest import suggest_archs
+from predictor.transfer import adapt
 from profiler.bundled import CHECKPOINT, DATASET, bundled_path
 from profiler.dataset import read_dataset
+from profiler.measure import MeasureJob, measure_archs, open_dataset
 from profiler.protocol import TimingProtocol
 from profiler.worker import WorkerTarget
 
@@ -54,7 +62,9 @@ def _statistic_run(args: argparse.Namespace, statistic: str, task: SearchTask, t
                    protocol: TimingProtocol, work: Path) -> dict:
     """Steps 1-5 with `statistic` as the predictor's label and the measured latencies."""
     largest = task.space.largest()
-    latency = PredictedLatency(train_predictor(read_dataset(args.data, statistic)))
+    bundled = train_predictor(read_dataset(args.data, statistic))
+    predictor = _adapted(args, bundled, task, target, protocol, work, statistic) if args.adapt else bundled
+    latency = PredictedLatency(predictor, args.confidence)
     csv = work / f"measured_{statistic}.csv"
 
     def measure(archs, csv=csv, statistic=statistic):
@@ -84,10 +94,24 @@ def _statistic_run(args: argparse.Namespace, statistic: str, task: SearchTask, t
         log.info("%s seed %d: winner %.2f ms measured (%.2f predicted), limit %.2f; loss %.4f vs %.4f; "
                  "search %.0f s", statistic, seed, measured_ms, best["predicted_latency_ms"], limit,
                  winners[-1]["valid_loss"], largest_quality["valid_loss"], search["elapsed_s"])
-    return {"statistic": statistic, "predictor": latency.predictor.model,
-            "predictor_holdout": latency.predictor.metadata["metrics"]["holdout"],
+    return {"statistic": statistic, "predictor": bundled.model,
+            "predictor_holdout": bundled.metadata["metrics"]["holdout"],
+            "adapted": predictor.metadata.get("cross_validation") if args.adapt else None,
             "largest_measured_ms": largest_ms, "largest_predicted_ms": latency([largest])[0],
             "largest_quality": largest_quality, "latency_limit_ms": limit, "winners": winners}
+
+
+def _adapted(args: argparse.Namespace, bundled, task: SearchTask, target: WorkerTarget, protocol: TimingProtocol,
+             work: Path, statistic: str):
+    """`bundled` adapted to this machine with the `args.adapt` architectures it suggests,
+    measured here now (seeded weights: the latency does not depend on their values)."""
+    archs = suggest_archs(bundled, args.adapt, task.space)
+    csv = work / f"adapt_{statistic}.csv"
+    job = MeasureJob(space=task.space, protocol=protocol)
+    with open_dataset(csv, job, "local", [target], csv.exists()) as writer:
+        measure_archs(archs, job, target, writer)
+    log.info("%s: measured %d suggested architectures here; adapting", statistic, len(archs))
+    return adapt(bundled, read_dataset(csv, statistic))
 
 
 def main() -> None:
@@ -105,6 +129,9 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true",
                         help="keep another process busy all along: a busy loop on each CPU the measurements "
                              "are not pinned to")
+    parser.add_argument("--adapt", type=int, default=0, help="adapt the predictor to K suggested rows measured here")
+    parser.add_argument("--confidence", type=float, default=None, help="search on the predictor's upper bound")
+    parser.add_argument("--duet", action="store_true", help="measure in duet mode (hatprof measure --duet)")
     parser.add_argument("--work", default=None, help="folder for the measured CSVs (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
@@ -117,7 +144,7 @@ def main() -> None:
     task = SearchTask.load(args.supernet, args.score_sentences)
     space = task.space
     largest = space.largest()
-    protocol = TimingProtocol()
+    protocol = TimingProtocol(duet=args.duet)
     target = WorkerTarget(threads=protocol.threads, cpus=cpus)
     busy_cpus = sorted(set(os.sched_getaffinity(0)) - cpus) if args.busy else []
     load_before = os.getloadavg()
@@ -134,6 +161,7 @@ def main() -> None:
                 "winner measured with inherited weights and the full protocol",
         "supernet": Path(args.supernet).name, "data": Path(args.data).name, "space": space.name,
         "limit_fraction": args.limit_fraction, "tolerance": TOLERANCE,
+        "adapt_rows": args.adapt, "confidence": args.confidence,
         "budget": {"iterations": args.iterations, "population": args.population,
                    "score_sentences": args.score_sentences, "torch_threads": args.threads},
         "protocol": protocol.to_dict(),
