@@ -103,9 +103,9 @@ class LocalTarget:
                            slow_ns=spec.slow_canary_ns, canary_ns=lambda: canary_median_ns(self._clock)).wait()
         before = snapshot(self.cpus)
         encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock, canary_every=every,
-                             reference=reference and reference.run_encoder)
+                             reference=None if reference is None else reference.run_encoder)
         decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock, canary_every=every,
-                             reference=reference and reference.run_decoder)
+                             reference=None if reference is None else reference.run_decoder)
         return RoundPair(encoder, decoder, before, snapshot(self.cpus), gate)
 
     def _runner(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int) -> Runner:
