@@ -70,9 +70,8 @@ def test_a_duet_label_is_the_fast_hosts_whatever_speed_its_rounds_ran_at():
     assert scale.scale_ns("encoder") == pytest.approx(5.0 * 0.25 * MS, rel=1e-6)
     assert state.converged and state.interval() < 0.001
     encoder, decoder = state.measurements()
-    plain = statistics.fmean(speeds) * 20.0
+    # the times themselves average 1.4 x 20 ms; the restated label is the fast host's 20 ms
     assert encoder.trimmed_mean_ms + decoder.trimmed_mean_ms == pytest.approx(20.0, rel=0.002)
-    assert plain > 26  # what the times themselves average to
 
 
 def test_a_round_the_host_changed_speed_in_is_discarded_as_bracket():
