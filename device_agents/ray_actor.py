@@ -38,10 +38,15 @@ class DeviceActor:
             (staging / name).write_bytes(data)
         staging.rename(self.root / key)
 
-    def measure_round(self, key: str, fmt: str, spec: dict) -> dict:
+    def measure_round(self, key: str, fmt: str, spec: dict, reference: str | None = None) -> dict:
+        """One round of the artifact held under `key` (with the one under `reference` timed
+        around every run, in duet mode)."""
         from profiler.protocol import RoundSpec
 
-        pair = self.target.measure_round(self.root / key, fmt, RoundSpec.from_dict(spec))
+        if not self.has(key) or reference is not None and not self.has(reference):
+            raise ValueError("no artifact held under that key")
+        pair = self.target.measure_round(self.root / key, fmt, RoundSpec.from_dict(spec),
+                                         None if reference is None else self.root / reference)
         return pair.to_dict()
 
     def close(self) -> None:

@@ -76,11 +76,8 @@ class RayTarget:
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
         return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest(), files
 
-    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec, reference_dir: Path | None = None):
-        from profiler.target import RoundPair
-
-        if reference_dir is not None:
-            raise DeviceError("duet mode is not available through Ray yet: use the HTTP agents")
+    def _sent(self, artifact_dir: Path, fmt: str) -> str:
+        """The content key of an artifact the actor holds, sending its files first if it does not."""
         try:
             key, files = self._artifact(Path(artifact_dir), fmt)
         except OSError as exc:
@@ -89,7 +86,16 @@ class RayTarget:
             if key not in self._refs:
                 self._refs[key] = _ray().put(files)
             self._get(self.actor.load.remote(key, fmt, self._refs[key]))
-        return RoundPair.from_dict(self._get(self.actor.measure_round.remote(key, fmt, spec.to_dict())))
+        return key
+
+    def measure_round(self, artifact_dir: Path, fmt: str, spec: RoundSpec, reference_dir: Path | None = None):
+        """One round of `spec` on the device (in duet mode, with the reference artifact timed
+        around every run)."""
+        from profiler.target import RoundPair
+
+        key = self._sent(artifact_dir, fmt)
+        reference = None if reference_dir is None else self._sent(reference_dir, fmt)
+        return RoundPair.from_dict(self._get(self.actor.measure_round.remote(key, fmt, spec.to_dict(), reference)))
 
     def close(self) -> None:
         try:

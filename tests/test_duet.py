@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hatprof.cli import main
 from profiler import measure
 from profiler.canary_history import CanaryHistory
 from profiler.convergence import CANARY_LIMIT, ArchRounds
@@ -206,15 +205,6 @@ def test_an_agent_is_sent_the_reference_and_times_it_around_every_run(artifact, 
         check_reference_timed_around_every_run(target, artifact, get_artifact(SPACE.largest(), SPACE, "onnx"))
     finally:
         server.close()
-
-
-def test_duet_mode_is_refused_through_ray_in_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["collect", "--devices", "rpi4", "--samples", "1", "--backend", "ray", "--duet",
-              "--out", str(tmp_path / "x")])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "Ray backend does not take a reference" in err
-    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 def test_a_rounds_reference_trimmed_mean_is_what_the_scale_is_made_of():

@@ -1,6 +1,7 @@
 """The Ray backend: device names as node resources, the same fleet code, on a local Ray cluster."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -60,3 +61,19 @@ def test_collect_command_with_the_ray_backend(cluster, tmp_path):
         "--seq-len", "4", "--beam", "2"])
     assert result.exit_code == 0, result.output
     assert "raydev: 2/2 rows" in result.output
+
+
+def test_collect_in_duet_mode_sends_the_reference_to_the_actor(cluster, tmp_path):
+    result = CliRunner().invoke(cli, [
+        "collect", "--backend", "ray", "--devices", "raydev", "--space", "compact", "--samples", "1",
+        "--seed", "4", "--out", str(tmp_path), "--fixed", "--runs", "4", "--rounds", "2", "--warmup", "0",
+        "--seq-len", "4", "--beam", "2", "--duet"])
+    assert result.exit_code == 0, result.output
+    table = read_dataset(tmp_path / "raydev.csv")
+    assert list(table["reference"]) == [SPACE.smallest().arch_id] and table["reference_ms"].iloc[0] > 0
+    raw = json.loads(raw_path_for(tmp_path / "raydev.csv").read_text())
+    # 2 runs a round, the reference timed before, between and after them; it is the reference model,
+    # not the canary (whose probe the gate recorded): four beam-search steps take far longer
+    rounds = raw["environment"]["rounds"]
+    assert [len(r["canary_ns"][part]) for r in rounds for part in ("encoder", "decoder")] == [3, 3, 3, 3]
+    assert all(min(r["canary_ns"]["decoder"]) > 2 * r["gate"]["seen"]["canary_ns"] for r in rounds)

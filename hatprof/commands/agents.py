@@ -159,9 +159,6 @@ def collect(ctx: click.Context, names: list[str], inventory: Path | None, space,
     if fmt not in ("onnx", "torchscript"):
         raise click.BadParameter("agents time exported artifacts: onnx or torchscript", param_hint="--format")
     if backend == "ray":
-        if protocol.duet:
-            raise click.BadParameter("the Ray backend does not take a reference artifact yet; "
-                                     "collect with --backend http", param_hint="--duet")
         from device_agents.ray_backend import ray_fleet
 
         devices = ray_fleet(names, protocol, address)
