@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _load import busy_loops
 from profiler.artifacts import get_artifact
 from profiler.protocol import TimingProtocol, canary_median_ns, spread, trimmed_mean
 from profiler.space import load_space
@@ -51,7 +52,9 @@ TRIM = TimingProtocol.trim
 
 
 def _arch(space, choice: str):
-    return space.smallest() if choice == "smallest" else space.sample_many(1, int(choice))[0]
+    if choice in ("smallest", "largest"):
+        return getattr(space, choice)()
+    return space.sample_many(1, int(choice))[0]
 
 
 def time_pairs(args: argparse.Namespace, seed: int) -> dict:
@@ -184,7 +187,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="compact")
     parser.add_argument("--seeds", default="7", help="architectures measured, by sampling seed: '7', '1,4,9' or '100-159'")
-    parser.add_argument("--reference", default="smallest", help="'smallest' or the seed of a sampled architecture")
+    parser.add_argument("--reference", default="smallest",
+                        help="'smallest', 'largest' or the seed of a sampled architecture")
+    parser.add_argument("--busy", action="store_true", help="a busy loop on every other CPU all along")
     parser.add_argument("--pairs", type=int, default=300, help="reference + model pairs timed per process")
     parser.add_argument("--passes", type=int, default=10, help="fresh processes per architecture, one per pass")
     parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)), help="the CPU every process is pinned to")
@@ -207,15 +212,17 @@ def main() -> None:
     seeds = _seeds(args.seeds)
     result: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("one", "out")},
                     "load_before": os.getloadavg(), "passes": []}
-    for number in range(args.passes):
-        measured = {}
-        for seed in seeds:
-            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", str(seed)], check=True,
-                                   capture_output=True, text=True)
-            raw = json.loads(child.stdout)
-            measured[seed] = {"summary": summarise_process(raw), "raw_ns": raw}
-            print(f"pass {number + 1}/{args.passes}, seed {seed}: {measured[seed]['summary']['all']}", file=sys.stderr)
-        result["passes"].append(measured)
+    with busy_loops(sorted(set(os.sched_getaffinity(0)) - {args.cpu}) if args.busy else []):
+        for number in range(args.passes):
+            measured = {}
+            for seed in seeds:
+                child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", str(seed)], check=True,
+                                       capture_output=True, text=True)
+                raw = json.loads(child.stdout)
+                measured[seed] = {"summary": summarise_process(raw), "raw_ns": raw}
+                print(f"pass {number + 1}/{args.passes}, seed {seed}: {measured[seed]['summary']['all']}",
+                      file=sys.stderr)
+            result["passes"].append(measured)
     result["load_after"] = os.getloadavg()
     write_statistics(result, args.out)
 
