@@ -14,7 +14,7 @@ reference's latency at the machine's fast level: `FAST_QUANTILE` of the trimmed 
 reference's first `CALIBRATION_ROUNDS` rounds on the machine, kept in the artifact cache beside
 the canary's history (`profiler.canary_history`), and fixed from then on, so that every later
 row of the machine is restated with the same number (a scale that followed the latest rounds
-moved labels measured minutes apart by 6% on the development VM). The row records its scale,
+would move every later label with it). The row records its scale,
 so a label can be turned back into its ratio, or restated with another scale; delete the
 file to calibrate the machine again.
 
@@ -77,6 +77,11 @@ class CalibrationHistory(CanaryHistory):
     @staticmethod
     def _kept(probes: list[float]) -> list[float]:
         return probes[:CALIBRATION_ROUNDS]
+
+    def record(self, probe_ns: float | None) -> None:
+        """Add a probe while the calibration is not full (after that, nothing is kept or written)."""
+        if len(self.probes) < CALIBRATION_ROUNDS:
+            super().record(probe_ns)
 
 
 def reference_kind(reference_id: str, space_digest: str, fmt: str, threads: int, seq_len: int, beam: int) -> str:
