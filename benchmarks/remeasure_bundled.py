@@ -14,7 +14,9 @@ shards pinned one per physical core, checked against measurements made alone.
 Writes `results/remeasure.json` (the machine, the shards, the merged dataset's quality, the check).
 On a 16-vCPU Xeon server, 10 shards disturbed each other: 4 labels measured again alone were
 13% apart from their side-by-side ones (median; `results/remeasure_server.json`). Hence one
-shard by default: more are worth it only where the check says they agree.
+shard by default: more are worth it only where the check says they agree. On the 2-core
+development VM one shard measured 264 rows in 74 minutes before the host slowed down by about
+20% and the run was stopped (`results/remeasure_vm.json`).
 
     PYTHONPATH=. .venv/bin/python benchmarks/remeasure_bundled.py --out datasets/compact_local.csv --work /tmp/remeasure
 """
