@@ -27,13 +27,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from profiler.artifacts import get_artifact  # noqa: E402
+from profiler.convergence import PARTS, round_total_ms  # noqa: E402
 from profiler.metadata import cpu_model  # noqa: E402
 from profiler.protocol import RoundSpec, trimmed_mean  # noqa: E402
 from profiler.space import load_space  # noqa: E402
 from profiler.worker import WorkerTarget  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("encoder", "decoder")
 TRIM = 0.1
 
 
@@ -89,7 +89,7 @@ def main() -> None:
             for done in range(args.passes):
                 for process, copy in rng.sample(units, len(units)):
                     pair = targets[process].measure_round(folders[copy][0], "onnx", spec, reference_dir=folders[copy][1])
-                    m = sum(trimmed_mean(getattr(pair, part).samples_ns, TRIM) for part in PARTS) / 1e6
+                    m = round_total_ms(pair, TRIM)
                     r = sum(trimmed_mean(getattr(pair, part).canary_ns, TRIM) for part in PARTS) / 1e6
                     for key, value in (("model", m), ("reference", r), ("ratio", m / r)):
                         table[key][(process, copy)].append(value)
