@@ -62,7 +62,8 @@ def protocol_options(command):
         click.option("--duet", is_flag=True,
                      help="Duet mode: time the space's smallest SubTransformer before "
                           "and after every run instead of the canary, and restate each run by them, so a "
-                          "label holds when the host changes speed (the row records the scale used)."),
+                          "burst that slows both cancels; rounds whose reference ran off its calibrated "
+                          "level are measured again (the row records the scale used)."),
         click.option("--max-temp", "max_temp_c", type=float, default=defaults.max_temp_c, show_default=True,
                      help="Before a round, wait while the board is this hot (degrees C), its firmware "
                           "says it is throttled, or (converging; 60 s at most per architecture) its "

@@ -24,8 +24,9 @@ is disturbed when
 In duet mode (`profiler.duet`) the reference model takes the canary's place: a run is clean
 when its two reference runs are within `CANARY_LIMIT` of each other (the host did not change
 speed during it), a round with less than half of its runs clean is discarded (`bracket`), and
-every run's time is restated by its bracket, so a round timed while the host was slow counts
-as much as a fast one; the slow-host gate does not wait.
+every run's time is restated by its bracket. A round whose reference ran further than
+`profiler.duet.LEVEL_LIMIT` from its scale is discarded too (`reference`): a ratio timed in
+another state of the host than the scale's need not be the fast state's ratio.
 
 The label's uncertainty is a 95% Student-t interval of the mean of the accepted rounds'
 totals: rounds are timed minutes apart, interleaved with other architectures and spread
@@ -42,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from profiler.canary_history import CanaryHistory
-from profiler.duet import ReferenceScale, restated, steady_runs
+from profiler.duet import LEVEL_LIMIT, ReferenceScale, reference_level, restated, steady_runs
 from profiler.protocol import OTHER_CPU_LIMIT, Measurement, RoundResult, TimingProtocol, trimmed_mean
 from profiler.target import RoundPair
 
@@ -106,6 +107,12 @@ def disturbance(pair: RoundPair) -> str | None:
     if gate.get("timed_out"):
         return "slow" if gate.get("unfit") == "slow" else "thermal"
     return None
+
+
+def _off_scale(pair: RoundPair, scales_ns: dict[str, float]) -> bool:
+    """Whether a duet round's reference ran further than `LEVEL_LIMIT` from its scale."""
+    level = reference_level({part: getattr(pair, part) for part in PARTS}, scales_ns)
+    return abs(level - 1) > LEVEL_LIMIT
 
 
 def outliers(totals: Sequence[float]) -> set[int]:
@@ -214,6 +221,8 @@ class ArchRounds:
         for pair in self.pairs:
             masks = self._masks(pair, reference)
             verdict = disturbance(pair) if p.converging else None
+            if verdict is None and p.converging and scales is not None and _off_scale(pair, scales):
+                verdict = "reference"
             if verdict is None and min(sum(m) / len(m) for m in masks.values()) < MIN_CLEAN_SHARE:
                 verdict = "canary" if self.duet is None else "bracket"
             rounds.append(JudgedRound(pair, verdict, masks, scales))

@@ -155,10 +155,10 @@ def _gated(spec: RoundSpec, history: CanaryHistory, state: ArchRounds) -> RoundS
     `CANARY_LIMIT` above the machine's fast level (once that is known), until the
     architecture's gate waits (any reason) add up to `SLOW_WAIT_BUDGET_S`: then its rounds are timed at once
     and judged by their canaries, so a host slow for long costs a flagged row, not hours. In duet
-    mode a slow host is no reason to wait: the reference restates the runs."""
+    mode too: a round timed slow is discarded (`reference`), not restated."""
     fast = history.fast_ns
     waited = sum(float((pair.gate or {}).get("waited_s", 0.0)) for pair in state.pairs)
-    if not fast or waited >= SLOW_WAIT_BUDGET_S or state.duet is not None:
+    if not fast or waited >= SLOW_WAIT_BUDGET_S:
         return spec
     return dataclasses.replace(spec, slow_canary_ns=fast * (1 + CANARY_LIMIT))
 

@@ -2,6 +2,7 @@
 through `measure_archs` with a fake two-speed host, and timed for real in the worker."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -12,10 +13,11 @@ import pandas as pd
 import pytest
 
 from profiler import measure
-from profiler.canary_history import CanaryHistory
+from profiler.canary_history import MIN_ROUNDS, CanaryHistory
 from profiler.convergence import CANARY_LIMIT, ArchRounds
 from profiler.dataset import DatasetWriter, raw_path_for, read_dataset
-from profiler.duet import CALIBRATION_ROUNDS, ReferenceScale, brackets_ns, restated, steady_runs
+from profiler.duet import (CALIBRATION_ROUNDS, LEVEL_LIMIT, ReferenceScale, brackets_ns, reference_level,
+                           restated, steady_runs)
 from profiler.errors import PredictorError, ProtocolError
 from profiler.measure import MeasureJob, dataset_settings, measure_archs
 from profiler.protocol import RoundResult, RoundSpec, TimingProtocol, trimmed_mean
@@ -43,39 +45,91 @@ def test_a_run_is_steady_when_its_two_reference_runs_agree():
 
 
 def duet_pair(model_ms: float, reference_ms: float, speed: float = 1.0, runs: int = 10,
-              switch_at: int | None = None) -> RoundPair:
-    """A round on a host `speed` times slower than its fast level: model and reference alike
-    (encoder 1/4, decoder 3/4 of each), a little spread; from run `switch_at` on the host is
-    fast again (so the reference runs around that run disagree)."""
-    def factor(i: int) -> float:
-        return 1.0 if switch_at is not None and i >= switch_at else speed
+              switch_at: int | None = None, model_speed: float | None = None) -> RoundPair:
+    """A round on a host `speed` times slower than its fast level: the reference that much,
+    the model `model_speed` times (default: alike), each part split encoder 1/4, decoder 3/4,
+    a little spread; from run `switch_at` on the host is fast again (so the reference runs
+    around that run disagree)."""
+    def factor(i: int, slow: float) -> float:
+        return 1.0 if switch_at is not None and i >= switch_at else slow
 
     def part(share: float) -> RoundResult:
-        model = tuple(int(model_ms * share * MS * factor(i) * (1 + 0.001 * (i % 3))) for i in range(runs))
-        reference = tuple(int(reference_ms * share * MS * factor(i)) for i in range(runs + 1))
+        model = tuple(int(model_ms * share * MS * factor(i, model_speed or speed) * (1 + 0.001 * (i % 3)))
+                      for i in range(runs))
+        reference = tuple(int(reference_ms * share * MS * factor(i, speed)) for i in range(runs + 1))
         return RoundResult(model, 0.0, reference)
     return RoundPair(part(0.25), part(0.75))
 
 
-def test_a_duet_label_is_the_fast_hosts_whatever_speed_its_rounds_ran_at():
+def test_a_run_the_host_slowed_for_a_moment_is_restated_to_the_fast_hosts_time():
+    protocol = TimingProtocol(warmup=0, runs=30, rounds=4, precision=0.01, max_rounds=12, trim=0.1, duet=True)
+    state = ArchRounds(protocol, duet=ReferenceScale(PARTS, trim=0.1))
+    for _ in range(3):
+        assert state.add(duet_pair(20.0, 5.0), 1.0) is None
+    # a burst: runs 3 and 4 and the reference runs 3-5 around them 1.6x slow (the reference's
+    # median, its level, does not move)
+    burst = duet_pair(20.0, 5.0)
+    burst = RoundPair(*(RoundResult(tuple(v * (1.6 if i in (3, 4) else 1) for i, v in enumerate(r.samples_ns)), 0.0,
+                                    tuple(c * (1.6 if i in (3, 4, 5) else 1) for i, c in enumerate(r.canary_ns)))
+                        for r in (burst.encoder, burst.decoder)))
+    assert state.add(burst, 1.0) is None
+    # runs 2 and 5, whose reference runs disagree, are left out; runs 3 and 4, slow between
+    # slow reference runs, are restated to their fast time
+    assert [sum(m) for m in state.judged()[3].masks.values()] == [8, 8]
+    assert state.converged and state.interval() < 0.001
+    encoder, decoder = state.measurements()
+    assert max(encoder.samples_ns) < 20.0 * 0.25 * MS * 1.003
+    assert encoder.trimmed_mean_ms + decoder.trimmed_mean_ms == pytest.approx(20.0, rel=0.002)
+
+
+def test_a_rounds_reference_level_is_its_median_over_the_scale():
+    pair = duet_pair(20.0, 5.0)
+    slow = RoundResult(pair.decoder.samples_ns, 0.0, tuple(c * (3 if i < 5 else 1) for i, c in
+                                                          enumerate(pair.decoder.canary_ns)))
+    scales = {"encoder": 5.0 * 0.25 * MS, "decoder": 5.0 * 0.75 * MS}
+    assert reference_level({"encoder": pair.encoder, "decoder": slow}, scales) == pytest.approx(1.0)  # 5 of 11
+    assert reference_level({"encoder": pair.encoder, "decoder": pair.decoder}, {"encoder": 2.5 * 0.25 * MS,
+                                                                                "decoder": 2.5 * 0.75 * MS}) == 2.0
+
+
+def test_a_round_timed_off_the_references_scale_is_discarded_not_restated():
     protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=12, trim=0.1, duet=True)
     scale = ReferenceScale(PARTS, trim=0.1)
     state = ArchRounds(protocol, duet=scale)
-    speeds = [1.0, 1.6, 1.6, 1.0, 1.6, 1.6]  # a two-speed host, slow two rounds in three
-    for speed in speeds:
-        assert state.add(duet_pair(20.0, 5.0, speed), 1.0) is None  # no round is discarded
-    # the scale is the reference's fast level: the 20th percentile of its rounds' trimmed means
+    # a host that slows the small reference 1.8x and the model 1.5x in its slow state: the
+    # ratio of a slow round is 1.5 / 1.8 of the fast one, restated 17% low
+    for speed in (1.0, 1.0, 1.0, 1.8, 1.8, 1.0, 1.8, 1.0):
+        verdict = state.add(duet_pair(20.0, 5.0, speed, model_speed=1.5 if speed > 1 else None), 1.0)
+        assert verdict == (None if speed == 1.0 else "reference")
     assert scale.scale_ns("encoder") == pytest.approx(5.0 * 0.25 * MS, rel=1e-6)
-    assert state.converged and state.interval() < 0.001
+    assert dict(state.discarded()) == {"reference": 3}
     encoder, decoder = state.measurements()
-    # the times themselves average 1.4 x 20 ms; the restated label is the fast host's 20 ms
-    assert encoder.trimmed_mean_ms + decoder.trimmed_mean_ms == pytest.approx(20.0, rel=0.002)
+    assert state.converged and encoder.trimmed_mean_ms + decoder.trimmed_mean_ms == pytest.approx(20.0, rel=0.002)
+    # within LEVEL_LIMIT of the scale a round is restated; just beyond it, discarded
+    assert state.add(duet_pair(20.0, 5.0, 1 + LEVEL_LIMIT * 0.9), 1.0) is None
+    assert state.add(duet_pair(20.0, 5.0, 1 + LEVEL_LIMIT * 1.1), 1.0) == "reference"
+    assert state.add(duet_pair(20.0, 5.0, 1 / (1 + LEVEL_LIMIT * 1.1)), 1.0) == "reference"  # faster, too
+
+
+def test_a_row_timed_only_off_scale_is_flagged_never_silently_low():
+    protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=8, trim=0.1, duet=True)
+    scale = ReferenceScale(PARTS, trim=0.1)
+    calibrated = ArchRounds(protocol, duet=scale)
+    for _ in range(4):
+        calibrated.add(duet_pair(20.0, 5.0), 1.0)
+    state = ArchRounds(protocol, duet=scale)  # the next architecture, the host slow throughout
+    while not state.done:
+        state.add(duet_pair(20.0, 5.0, 1.8, model_speed=1.5), 1.0)
+    assert not state.converged and dict(state.discarded()) == {"reference": 8}
+    encoder, decoder = state.measurements()  # made of every round, restated: 17% low, and flagged
+    assert encoder.trimmed_mean_ms + decoder.trimmed_mean_ms == pytest.approx(20.0 * 1.5 / 1.8, rel=0.002)
 
 
 def test_a_round_the_host_changed_speed_in_is_discarded_as_bracket():
     protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=12, trim=0.1, duet=True)
     state = ArchRounds(protocol, duet=ReferenceScale(PARTS, trim=0.1))
-    assert state.add(duet_pair(20.0, 5.0), 1.0) is None
+    for _ in range(4):  # the scale's first rounds: its 20th percentile stays the fast level
+        assert state.add(duet_pair(20.0, 5.0), 1.0) is None
     # the speed changes before every second run: the reference runs around each run disagree
     flicker = duet_pair(20.0, 5.0)
     flicker = RoundPair(*(RoundResult(r.samples_ns, 0.0, tuple(c * (1.6 if i % 2 else 1) for i, c in
@@ -83,12 +137,12 @@ def test_a_round_the_host_changed_speed_in_is_discarded_as_bracket():
                           for r in (flicker.encoder, flicker.decoder)))
     assert state.add(flicker, 1.0) == "bracket"
     # one change of speed mid-round drops the one run it straddles and keeps the round
-    assert state.add(duet_pair(20.0, 5.0, speed=1.6, switch_at=5), 1.0) is None
-    assert [sum(m) for m in state.judged()[2].masks.values()] == [9, 9]
+    assert state.add(duet_pair(20.0, 5.0, speed=1.6, switch_at=4), 1.0) is None
+    assert [sum(m) for m in state.judged()[5].masks.values()] == [9, 9]
 
 
 class TwoSpeedTarget:
-    """A device whose host runs 1.6x slower every other round, model and reference alike;
+    """A device whose host runs every other round slow, the reference 1.8x and the model 1.5x;
     it records the reference artifact it was given."""
 
     name, threads = "twospeed", 1
@@ -104,7 +158,8 @@ class TwoSpeedTarget:
         assert spec.canary_every == 1
         self.rounds += 1
         self.references.add(reference_dir)
-        return duet_pair(12.0, 4.0, speed=1.6 if self.rounds % 2 else 1.0, runs=spec.runs)
+        slow = self.rounds % 2
+        return duet_pair(12.0, 4.0, speed=1.8 if slow else 1.0, model_speed=1.5 if slow else None, runs=spec.runs)
 
     def close(self):
         pass
@@ -120,23 +175,58 @@ def test_measuring_in_duet_mode_writes_the_fast_label_its_scale_and_what_restate
     assert target.references == {tmp_path / SPACE.smallest().arch_id}
     df = read_dataset(tmp_path / "d.csv")
     assert (df["reference"] == SPACE.smallest().arch_id).all()
-    assert not df["unstable"].any() and (df["rounds_discarded"] == 0).all()
-    # half the rounds ran 1.6x slower; the label is the fast host's, the scale its reference's
+    assert not df["unstable"].any() and (df["rounds_discarded"] > 0).all()
+    # the slow rounds, whose ratio is 1.5 / 1.8 of the fast one's, were discarded, not restated:
+    # the label is the fast host's, the scale its reference's
+    assert set(df["discarded_why"].str.split("=").str[0]) == {"reference"}
     assert np.allclose(df["latency_ms"], 12.0, rtol=0.002) and np.allclose(df["reference_ms"], 4.0, rtol=1e-6)
     for line in raw_path_for(tmp_path / "d.csv").read_text().splitlines():
         raw = json.loads(line)
         duet = raw["environment"]["duet"]
         assert duet["reference"] == SPACE.smallest().arch_id
+        assert {r["reason"] for r in raw["discarded_rounds"]} == {"reference"}
         for part in PARTS:
             timed, brackets = duet["timed_ms"][part], duet["bracket_ms"][part]
             again = [t * duet["scale_ms"][part] / b for t, b in zip(timed, brackets)]
             assert again == pytest.approx(raw[f"{part}_ms"], abs=1e-6)  # whole nanoseconds
-            assert max(timed) > 1.5 * min(timed)  # the times themselves did move
     # the reference's first rounds are kept for the next process, per part: its calibration
     kept = sorted((tmp_path / "cache" / "canary").glob("*-reference-*-encoder.json"))
     assert len(kept) == 1 and len(json.loads(kept[0].read_text())["probe_ns"]) == min(target.rounds,
                                                                                       CALIBRATION_ROUNDS)
     assert duet["calibration_rounds"] == min(target.rounds, CALIBRATION_ROUNDS)
+
+
+class SlowProbeTarget(TwoSpeedTarget):
+    """A device at its fast speed whose gate probe reads 1500 ns, and whose gate's wait for a
+    probe under the limit it is given runs out."""
+
+    def __init__(self):
+        super().__init__()
+        self.specs = []
+
+    def measure_round(self, artifact_dir, fmt, spec, reference_dir=None):
+        self.specs.append(spec)
+        slow = 0 < spec.slow_canary_ns < 1500
+        gate = {"seen": {"canary_ns": 1500}, "timed_out": slow, "unfit": "slow" if slow else None,
+                "waited_s": spec.cooldown_s if slow else 0.0}
+        return dataclasses.replace(duet_pair(12.0, 4.0, runs=spec.runs), gate=gate)
+
+
+def test_in_duet_mode_too_the_gate_waits_for_a_host_known_to_be_faster(tmp_path, monkeypatch):
+    monkeypatch.setattr(measure, "get_artifact", lambda arch, *a, **k: tmp_path / arch.arch_id)
+    target = SlowProbeTarget()
+    known = CanaryHistory.for_machine(target.info(), tmp_path / "cache")
+    for _ in range(MIN_ROUNDS):
+        known.record(1000)
+    known.save()
+    protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=6, trim=0.1, duet=True)
+    job = MeasureJob(SPACE, protocol, cache_dir=tmp_path / "cache")
+    with DatasetWriter(tmp_path / "d.csv", dataset_settings(job, "slowprobe", [target])) as writer:
+        [result] = measure_archs(SPACE.sample_many(1, seed=8), job, target, writer)
+    # asked to wait below 1.25 x the machine's fast level; the wait ran out, and past the
+    # architecture's wait budget its rounds were timed at once
+    assert [s.slow_canary_ns for s in target.specs][:2] == pytest.approx([1000 * (1 + CANARY_LIMIT), 0])
+    assert result.row["discarded_why"] == "slow=1" and result.row["gate_wait_s"] == protocol.cooldown_s
 
 
 def test_the_scale_is_fixed_once_calibrated_and_the_next_process_restates_with_it(tmp_path):
