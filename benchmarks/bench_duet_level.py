@@ -1,0 +1,188 @@
+"""Does a duet round's ratio hold in every state of the host? Restated rounds against the reference's level.
+
+`--repeats` times, `hatprof measure --duet` measures one compact SubTransformer (`--seed`) in
+a fresh process, alternating with the default protocol (for comparison; `--protocols duet`
+leaves it out). From each duet row's sidecar, every round, accepted or discarded: the
+reference's level (`profiler.duet.reference_level`: the median of its runs over the machine's
+scale) and the round's restated total (encoder + decoder trimmed mean of its runs restated by
+their brackets). Under the duet's premise the restated total does not depend on the level.
+Reported: the least-squares slope of the restated total on the level, relative to the total at
+level 1, and their correlation; the median restated total of the rounds within
+`profiler.duet.LEVEL_LIMIT` of the scale and of those beyond; the machine's calibration rounds
+(the trimmed means the scale was made of, over the scale); each row's label, flag, interval
+and discarded rounds.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_duet_level.py       # -> results/duet_level.json
+    # the same analysis of duet sidecars already written (plain or gzipped; the CSV beside each)
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_duet_level.py --sidecars 'DIR/*.raw.jsonl.gz' --out OUT
+
+Run it with nothing else on the machine (`uptime` before and after).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from profiler.artifacts import cache_root  # noqa: E402
+from profiler.canary_history import machine_key  # noqa: E402
+from profiler.convergence import PARTS  # noqa: E402
+from profiler.dataset import raw_path_for  # noqa: E402
+from profiler.duet import LEVEL_LIMIT, CalibrationHistory, reference_level, restated  # noqa: E402
+from profiler.metadata import cpu_model  # noqa: E402
+from profiler.protocol import RoundResult, trimmed_mean  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROTOCOLS = {"duet": ["--duet"], "default": []}
+
+
+def _read_sidecar(path: Path) -> dict:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return json.loads(f.readline())
+
+
+def _csv_beside(sidecar: Path) -> Path:
+    return sidecar.with_name(sidecar.name.split(".raw.jsonl")[0] + ".csv")
+
+
+def _ns(values_ms: list[float]) -> tuple[int, ...]:
+    return tuple(int(round(v * 1e6)) for v in values_ms)
+
+
+def duet_rounds(raw: dict, trim: float) -> list[dict]:
+    """Every round of a duet row: its verdict, the reference's level and the restated total (ms).
+    The label's rounds are in the sidecar restated (their clean runs); a discarded round's runs
+    as timed, restated here by their brackets."""
+    env = raw["environment"]
+    scales_ns = {part: ms * 1e6 for part, ms in env["duet"]["scale_ms"].items()}
+    label_only = any(r["verdict"] is None for r in env["rounds"])
+    sizes = {"encoder": raw["round_sizes"], "decoder": raw["decoder_round_sizes"]}
+    starts = {part: np.cumsum([0, *sizes[part]]) for part in PARTS}
+    discarded = iter(raw["discarded_rounds"])
+    out, label_round = [], 0
+    for r in env["rounds"]:
+        references = {part: RoundResult((1,), None, tuple(r["canary_ns"][part])) for part in PARTS}
+        if r["verdict"] is None or not label_only:
+            total = sum(trimmed_mean(raw[f"{part}_ms"][starts[part][label_round]:starts[part][label_round + 1]], trim)
+                        for part in PARTS)
+            label_round += 1
+        else:
+            timed = next(discarded)
+            total = sum(trimmed_mean(restated(RoundResult(_ns(timed[f"{part}_ms"]), None, references[part].canary_ns),
+                                              scales_ns[part]).samples_ns, trim) / 1e6 for part in PARTS)
+        out.append({"verdict": r["verdict"], "level": reference_level(references, scales_ns), "restated_ms": total})
+    return out
+
+
+def calibration_levels(raw: dict, cache_dir: Path) -> list[float] | None:
+    """The trimmed means the machine's scale was made of, encoder + decoder, over the scale (from
+    the cache's reference histories of this machine: the one whose level is the row's scale)."""
+    env = raw["environment"]
+    scale_ms = env["duet"]["scale_ms"]
+    histories = {}
+    for part in PARTS:
+        for path in (cache_dir / "canary").glob(f"{machine_key(env)}-reference-*-{part}.json"):
+            history = CalibrationHistory(path)
+            if history.level_ns() is not None and abs(history.level_ns() / 1e6 / scale_ms[part] - 1) < 1e-9:
+                histories[part] = history.probes
+    if set(histories) != set(PARTS):
+        return None
+    total = sum(scale_ms.values()) * 1e6
+    return [(e + d) / total for e, d in zip(histories["encoder"], histories["decoder"])]
+
+
+def analyse(rows: list[dict]) -> dict:
+    """The restated total against the reference's level, over every round of the duet rows."""
+    rounds = [r for row in rows if row["protocol"] == "duet" for r in row["rounds"]]
+    level = np.array([r["level"] for r in rounds])
+    total = np.array([r["restated_ms"] for r in rounds])
+    slope, intercept = np.polyfit(level, total, 1)
+    near = np.abs(level - 1) <= LEVEL_LIMIT
+
+    def median(values: np.ndarray) -> float | None:
+        return float(np.median(values)) if len(values) else None
+    return {"rounds": len(rounds), "level_range": [float(level.min()), float(level.max())],
+            "slope_per_unit_level": float(slope / (slope + intercept)),  # relative to the total at level 1
+            "correlation": float(np.corrcoef(level, total)[0, 1]),
+            "within_limit": {"rounds": int(near.sum()), "median_restated_ms": median(total[near])},
+            "beyond_limit": {"rounds": int((~near).sum()), "median_restated_ms": median(total[~near])}}
+
+
+def row_summary(protocol: str, csv: Path, sidecar: Path) -> dict:
+    row = pd.read_csv(csv).iloc[0]
+    out = {"protocol": protocol, "latency_ms": float(row["latency_ms"]), "unstable": bool(row["unstable"]),
+           "interval": None if pd.isna(row["interval"]) else float(row["interval"]),
+           "rounds_used": int(row["rounds_used"]),
+           "discarded_why": "" if pd.isna(row["discarded_why"]) else str(row["discarded_why"])}
+    if protocol == "duet":
+        out["rounds"] = duet_rounds(_read_sidecar(sidecar), float(row["trim"]))
+    return out
+
+
+def measure_rows(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Path, Path]]:
+    """Measure `--repeats` times per protocol, each in a fresh process: (protocol, CSV, sidecar)."""
+    measured = []
+    protocols = {name: PROTOCOLS[name] for name in args.protocols.split(",")}
+    for repeat in range(args.repeats):
+        for name, extra in protocols.items():
+            out = tmp / f"{name}-{repeat}.csv"
+            subprocess.run([sys.executable, "-m", "hatprof", "measure", "--device", "local", "--space", "compact",
+                            "--samples", "1", "--seed", str(args.seed), "--out", str(out), *extra],
+                           check=True, capture_output=True, text=True)
+            measured.append((name, out, raw_path_for(out)))
+            print(f"{name} {repeat + 1}/{args.repeats}: {pd.read_csv(out)['latency_ms'].iloc[0]:.2f} ms",
+                  file=sys.stderr)
+    return measured
+
+
+def report(measured: list[tuple[str, Path, Path]], cache_dir: Path) -> dict:
+    rows = [row_summary(*m) for m in measured]
+    labels = [r["latency_ms"] for r in rows if r["protocol"] == "duet"]
+    first = next(sidecar for name, _, sidecar in measured if name == "duet")
+    return {"rows": rows, "analysis": analyse(rows),
+            "duet": {"labels_ms": labels, "flagged": sum(r["unstable"] for r in rows if r["protocol"] == "duet"),
+                     "spread": (max(labels) - min(labels)) / statistics.median(labels)},
+            "calibration_levels": calibration_levels(_read_sidecar(first), cache_dir)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=7, help="seed of the one sampled compact architecture")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--protocols", default="duet,default", help="duet, and default for comparison")
+    parser.add_argument("--sidecars", help="analyse these duet sidecars (a glob) instead of measuring")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="the artifact cache the calibration is kept in")
+    parser.add_argument("--out", type=Path, default=RESULTS / "duet_level.json")
+    args = parser.parse_args()
+    result: dict = {"seed": args.seed, "level_limit": LEVEL_LIMIT,
+                    "machine": {"host": os.uname().nodename, "cpu_model": cpu_model()}}
+    cache_dir = cache_root(args.cache_dir)
+    if args.sidecars:  # measured earlier: the load then is the measurer's to record
+        paths = sorted(Path(p) for p in glob.glob(args.sidecars))
+        result["sidecars"] = [p.name for p in paths]
+        result.update(report([("duet", _csv_beside(p), p) for p in paths], cache_dir))
+    else:
+        result["load_before"] = os.getloadavg()
+        with tempfile.TemporaryDirectory() as tmp:
+            result.update(report(measure_rows(args, Path(tmp)), cache_dir))
+        result["load_after"] = os.getloadavg()
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
