@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from profiler.artifacts import cache_root  # noqa: E402
 from profiler.canary_history import machine_key  # noqa: E402
 from profiler.convergence import PARTS  # noqa: E402
-from profiler.dataset import raw_path_for  # noqa: E402
+from profiler.dataset import measurements_from_raw, raw_path_for  # noqa: E402
 from profiler.duet import LEVEL_LIMIT, CalibrationHistory, reference_level, restated  # noqa: E402
 from profiler.metadata import cpu_model  # noqa: E402
 from profiler.protocol import RoundResult, trimmed_mean  # noqa: E402
@@ -69,16 +69,14 @@ def duet_rounds(raw: dict, trim: float) -> list[dict]:
     env = raw["environment"]
     scales_ns = {part: ms * 1e6 for part, ms in env["duet"]["scale_ms"].items()}
     label_only = any(r["verdict"] is None for r in env["rounds"])
-    sizes = {"encoder": raw["round_sizes"], "decoder": raw["decoder_round_sizes"]}
-    starts = {part: np.cumsum([0, *sizes[part]]) for part in PARTS}
+    encoder, decoder = measurements_from_raw(raw, trim)
+    label_totals = iter([e + d for e, d in zip(encoder.round_trimmed_means_ms, decoder.round_trimmed_means_ms)])
     discarded = iter(raw["discarded_rounds"])
-    out, label_round = [], 0
+    out = []
     for r in env["rounds"]:
         references = {part: RoundResult((1,), None, tuple(r["canary_ns"][part])) for part in PARTS}
         if r["verdict"] is None or not label_only:
-            total = sum(trimmed_mean(raw[f"{part}_ms"][starts[part][label_round]:starts[part][label_round + 1]], trim)
-                        for part in PARTS)
-            label_round += 1
+            total = next(label_totals)
         else:
             timed = next(discarded)
             total = sum(trimmed_mean(restated(RoundResult(_ns(timed[f"{part}_ms"]), None, references[part].canary_ns),
@@ -167,6 +165,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="the artifact cache the calibration is kept in")
     parser.add_argument("--out", type=Path, default=RESULTS / "duet_level.json")
     args = parser.parse_args()
+    if "duet" not in args.protocols.split(","):
+        parser.error("--protocols must include duet: the analysis is of duet rows")
     result: dict = {"seed": args.seed, "level_limit": LEVEL_LIMIT,
                     "machine": {"host": os.uname().nodename, "cpu_model": cpu_model()}}
     cache_dir = cache_root(args.cache_dir)
