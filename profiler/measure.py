@@ -26,7 +26,7 @@ from profiler.artifacts import get_artifact
 from profiler.canary_history import CanaryHistory
 from profiler.convergence import CANARY_LIMIT, PARTS, ArchRounds, CanaryReference
 from profiler.dataset import NO_REFERENCE, DatasetWriter, RowQuality, make_settings, row_from_measurement
-from profiler.duet import ReferenceScale, brackets_ns, reference_kind
+from profiler.duet import LEVEL_LIMIT, ReferenceScale, brackets_ns, reference_kind, reference_level
 from profiler.errors import DatasetError, ErrorCode, HatprofError
 from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
@@ -210,6 +210,19 @@ def _duet_record(duet: Duet, state: ArchRounds, scales_ns: dict[str, float]) -> 
             "timed_ms": timed, "bracket_ms": brackets}
 
 
+def _calibrated_slow(state: ArchRounds) -> bool:
+    """Whether most of a duet row's rounds ran the reference more than `LEVEL_LIMIT` faster than
+    the machine's scale: a scale calibrated while the host was slow, which discards the fast
+    host's rounds until it is calibrated again."""
+    judged = state.judged()
+    scales = judged[0].scales_ns if judged else None
+    if scales is None:
+        return False
+    faster = [reference_level({part: getattr(r.pair, part) for part in PARTS}, scales) < 1 - LEVEL_LIMIT
+              for r in judged]
+    return sum(faster) > len(faster) / 2
+
+
 def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureTarget,
                   writer: DatasetWriter,
                   on_result: Callable[[ArchResult], None] | None = None,
@@ -223,6 +236,7 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
     history = CanaryHistory.for_machine(environment, job.cache_dir)
     reference = CanaryReference(history=history)
     duet = Duet.open(job, environment)
+    warned_slow_scale = False
     results: list[ArchResult] = []
 
     def report(result: ArchResult) -> None:
@@ -251,6 +265,12 @@ def measure_archs(archs: Iterable[ArchConfig], job: MeasureJob, target: MeasureT
                                       attempts=attempts[arch.arch_id]))
                     continue
                 row, raw = _to_row(job, arch, state, writer.settings, environment, duet)
+                if duet is not None and not warned_slow_scale and _calibrated_slow(state):
+                    warned_slow_scale = True
+                    logger.warning("the duet reference ran more than %.0f%% faster than this machine's scale in "
+                                   "most rounds of %s, which were discarded: the scale was calibrated while the "
+                                   "host was slow; delete %s to calibrate it again", 100 * LEVEL_LIMIT, arch.arch_id,
+                                   " and ".join(str(h.path) for h in duet.scale.histories.values()))
                 if row["unstable"] and attempts[arch.arch_id] <= job.retry_unstable:
                     logger.info("architecture %s unstable, measuring again", arch.arch_id)
                     retry.append(arch)

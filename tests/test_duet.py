@@ -229,6 +229,28 @@ def test_in_duet_mode_too_the_gate_waits_for_a_host_known_to_be_faster(tmp_path,
     assert result.row["discarded_why"] == "slow=1" and result.row["gate_wait_s"] == protocol.cooldown_s
 
 
+def test_a_scale_calibrated_while_the_host_was_slow_flags_the_fast_rows_and_says_how_to_recalibrate(
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(measure, "get_artifact", lambda arch, *a, **k: tmp_path / arch.arch_id)
+    protocol = TimingProtocol(warmup=0, runs=40, rounds=4, precision=0.01, max_rounds=6, trim=0.1, duet=True)
+    job = MeasureJob(SPACE, protocol, cache_dir=tmp_path / "cache")
+    target = TwoSpeedTarget()
+    slow = duet_pair(12.0, 4.0, speed=1.8)
+    scale = measure.Duet.open(job, target.info()).scale  # the machine's first 30 rounds, all slow
+    for _ in range(CALIBRATION_ROUNDS):
+        for part in PARTS:
+            scale.record(part, getattr(slow, part))
+    scale.save()
+    monkeypatch.setattr(target, "measure_round", lambda *a, **k: duet_pair(12.0, 4.0))  # fast from now on
+    with caplog.at_level("WARNING", logger="profiler.measure"):
+        with DatasetWriter(tmp_path / "d.csv", dataset_settings(job, "twospeed", [target])) as writer:
+            measure_archs(SPACE.sample_many(2, seed=5), job, target, writer)
+    df = read_dataset(tmp_path / "d.csv")
+    assert df["unstable"].all() and (df["discarded_why"] == "reference=6").all()
+    warnings = [r.getMessage() for r in caplog.records if "calibrated while the host was slow" in r.getMessage()]
+    assert len(warnings) == 1 and all(str(h.path) in warnings[0] for h in scale.histories.values())
+
+
 def test_the_scale_is_fixed_once_calibrated_and_the_next_process_restates_with_it(tmp_path):
     env, kind = {"hostname": "h"}, "reference-x"
     first = ReferenceScale.for_machine(PARTS, env, kind, 0.0, tmp_path)
