@@ -74,7 +74,7 @@ def duet_rounds(raw: dict, trim: float) -> list[dict]:
     discarded = iter(raw["discarded_rounds"])
     out = []
     for r in env["rounds"]:
-        references = {part: RoundResult((1,), None, tuple(r["canary_ns"][part])) for part in PARTS}
+        references = {part: RoundResult((), None, tuple(r["canary_ns"][part])) for part in PARTS}  # their runs only
         if r["verdict"] is None or not label_only:
             total = next(label_totals)
         else:
