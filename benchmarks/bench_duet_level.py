@@ -81,7 +81,8 @@ def duet_rounds(raw: dict, trim: float) -> list[dict]:
             timed = next(discarded)
             total = sum(trimmed_mean(restated(RoundResult(_ns(timed[f"{part}_ms"]), None, references[part].canary_ns),
                                               scales_ns[part]).samples_ns, trim) / 1e6 for part in PARTS)
-        out.append({"verdict": r["verdict"], "level": reference_level(references, scales_ns), "restated_ms": total})
+        out.append({"verdict": r["verdict"], "level": reference_level(references, scales_ns), "restated_ms": total,
+                    "probe_ns": ((r.get("gate") or {}).get("seen") or {}).get("canary_ns")})
     return out
 
 
@@ -103,12 +104,14 @@ def calibration_levels(raw: dict, cache_dir: Path) -> list[float] | None:
 
 
 def analyse(rows: list[dict]) -> dict:
-    """The restated total against the reference's level, over every round of the duet rows."""
+    """The restated total against the reference's level, over every round of the duet rows; and
+    how well the gate's canary probe before each round foretold that level."""
     rounds = [r for row in rows if row["protocol"] == "duet" for r in row["rounds"]]
     level = np.array([r["level"] for r in rounds])
     total = np.array([r["restated_ms"] for r in rounds])
     slope, intercept = np.polyfit(level, total, 1)
     near = np.abs(level - 1) <= LEVEL_LIMIT
+    probed = [(r["probe_ns"], r["level"]) for r in rounds if r.get("probe_ns")]
 
     def median(values: np.ndarray) -> float | None:
         return float(np.median(values)) if len(values) else None
@@ -116,7 +119,8 @@ def analyse(rows: list[dict]) -> dict:
             "slope_per_unit_level": float(slope / (slope + intercept)),  # relative to the total at level 1
             "correlation": float(np.corrcoef(level, total)[0, 1]),
             "within_limit": {"rounds": int(near.sum()), "median_restated_ms": median(total[near])},
-            "beyond_limit": {"rounds": int((~near).sum()), "median_restated_ms": median(total[~near])}}
+            "beyond_limit": {"rounds": int((~near).sum()), "median_restated_ms": median(total[~near])},
+            "probe_level_correlation": float(np.corrcoef(*zip(*probed))[0, 1]) if len(probed) > 2 else None}
 
 
 def row_summary(protocol: str, csv: Path, sidecar: Path) -> dict:
