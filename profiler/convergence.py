@@ -109,10 +109,9 @@ def disturbance(pair: RoundPair) -> str | None:
     return None
 
 
-def _off_scale(pair: RoundPair, scales_ns: dict[str, float]) -> bool:
-    """Whether a duet round's reference ran further than `LEVEL_LIMIT` from its scale."""
-    level = reference_level({part: getattr(pair, part) for part in PARTS}, scales_ns)
-    return abs(level - 1) > LEVEL_LIMIT
+def round_level(pair: RoundPair, scales_ns: dict[str, float]) -> float:
+    """How slow a duet round's reference ran against its scale (`profiler.duet.reference_level`)."""
+    return reference_level({part: getattr(pair, part) for part in PARTS}, scales_ns)
 
 
 def outliers(totals: Sequence[float]) -> set[int]:
@@ -221,7 +220,8 @@ class ArchRounds:
         for pair in self.pairs:
             masks = self._masks(pair, reference)
             verdict = disturbance(pair) if p.converging else None
-            if verdict is None and p.converging and scales is not None and _off_scale(pair, scales):
+            if (verdict is None and p.converging and scales is not None
+                    and abs(round_level(pair, scales) - 1) > LEVEL_LIMIT):
                 verdict = "reference"
             if verdict is None and min(sum(m) / len(m) for m in masks.values()) < MIN_CLEAN_SHARE:
                 verdict = "canary" if self.duet is None else "bracket"

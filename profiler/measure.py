@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from profiler.artifacts import get_artifact
 from profiler.canary_history import CanaryHistory
-from profiler.convergence import CANARY_LIMIT, PARTS, ArchRounds, CanaryReference
+from profiler.convergence import CANARY_LIMIT, PARTS, ArchRounds, CanaryReference, round_level
 from profiler.dataset import NO_REFERENCE, DatasetWriter, RowQuality, make_settings, row_from_measurement
-from profiler.duet import LEVEL_LIMIT, ReferenceScale, brackets_ns, reference_kind, reference_level
+from profiler.duet import LEVEL_LIMIT, ReferenceScale, brackets_ns, reference_kind
 from profiler.errors import DatasetError, ErrorCode, HatprofError
 from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
@@ -218,8 +218,7 @@ def _calibrated_slow(state: ArchRounds) -> bool:
     scales = judged[0].scales_ns if judged else None
     if scales is None:
         return False
-    faster = [reference_level({part: getattr(r.pair, part) for part in PARTS}, scales) < 1 - LEVEL_LIMIT
-              for r in judged]
+    faster = [round_level(r.pair, scales) < 1 - LEVEL_LIMIT for r in judged]
     return sum(faster) > len(faster) / 2
 
 
