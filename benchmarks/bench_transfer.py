@@ -9,8 +9,8 @@ ordered pair of devices. The base is the default predictor trained on all rows o
 base device. Each draw splits the new device's rows as HAT does (seeded 80/10/10): k rows
 are taken from the 80% (1,600 of 2,000), suggested (`predictor.suggest`, from features
 only) or at random; the adapted predictor, the default model on the same k rows alone,
-the "costs" correction alone (the kind that uses no base: what the base adds beyond it),
-and the default model on all 80% are scored on the other 20% (400 rows). Reported per
+the "costs" and "macs" corrections alone (the kinds that use no base: what the base adds
+beyond them), and the default model on all 80% are scored on the other 20% (400 rows). Reported per
 pair and k: MAPE, share within +-10%, Kendall's tau, the candidates' mean stacking weights,
 and the coverage of the adapted predictor's 90% intervals. Writes `results/transfer_hat.json`
 and one figure, `results/transfer_hat.png` (predicted vs measured, base / adapted / alone).
@@ -50,6 +50,8 @@ HAT_DEVICES = {"raspberrypi": "wmt14enfr_cpu_raspberrypi_all.csv", "xeon": "wmt1
 KS = (5, 10, 20, 40)
 INTERVAL_KS = (10, 20)
 SHOWN = ("mape", "within_10", "kendall_tau")
+#: The adaptation's kinds that use no base, each also scored on its own.
+BASELESS = ("costs", "macs")
 
 
 def load_hat(hat_dir: Path) -> dict[str, pd.DataFrame]:
@@ -98,9 +100,11 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                     metrics[f"coverage_{round(100 * INTERVAL_CONFIDENCE)}"] = intervals.coverage(
                         y[held], predicted, INTERVAL_CONFIDENCE, **inputs)
                 alone_predicted = fit_prepared(prep, few, DEFAULT_MODEL).predict_parts(prep.X[held])["total"]
-                # The one kind that uses no base: how much of the gain the base itself brings.
-                costs = adapt(base, new.iloc[few], "costs", intervals=False).predict_frame(new.iloc[held])
-                runs.setdefault(f"costs/{rows}/{k}", []).append(latency_metrics(y[held], costs["predicted_ms"].to_numpy()))
+                # The kinds that use no base: how much of the gain the base itself brings.
+                for kind in BASELESS:
+                    alone_kind = adapt(base, new.iloc[few], kind, intervals=False).predict_frame(new.iloc[held])
+                    runs.setdefault(f"{kind}/{rows}/{k}", []).append(
+                        latency_metrics(y[held], alone_kind["predicted_ms"].to_numpy()))
                 runs.setdefault(f"adapted/{rows}/{k}", []).append(metrics)
                 runs.setdefault(f"alone/{rows}/{k}", []).append(latency_metrics(y[held], alone_predicted))
                 shares = weights.setdefault(f"{rows}/{k}", {})

@@ -4,6 +4,10 @@
 - "hat-cost": "hat" plus the products of HAT's averages that MAC and parameter counts
   are linear in (layers x dim x FFN width, layers x attended encoder layers, ...).
   Computable from HAT's CSV files alone, with no space or workload needed.
+- "hat-macs": "hat-cost" plus each part's MACs (encoder; decoder with its output
+  projection), for the space's attention width and vocabulary and the data's sequence
+  length and beam. Exact from HAT's averages too (every count is linear in per-layer
+  genes), so it needs the space but not full architectures.
 - "arch": "hat-cost" plus per-layer genes padded to the space's largest layer counts,
   and MACs and parameters per part (as `profiler.cost` counts them) for the data's
   sequence length and beam. Needs each row's full architecture and its space.
@@ -34,7 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever a feature's definition changes; saved predictors record it.
 FEATURES_VERSION = 1
-FEATURE_SETS = ("hat", "hat-cost", "arch")
+FEATURE_SETS = ("hat", "hat-cost", "hat-macs", "arch")
 
 _NORM = np.asarray(HAT_FEATURE_NORM, dtype=np.float64)
 _COST_PRODUCTS = (
@@ -48,6 +52,7 @@ _COST_PRODUCTS = (
 )
 _COST_COUNTS = ("gmacs_encoder", "gmacs_decoder", "gmacs_output",
                 "mparams_encoder", "mparams_decoder", "mparams_embeddings")
+_PART_MACS = ("gmacs_encoder", "gmacs_decoder")
 
 
 @dataclass(frozen=True)
@@ -187,11 +192,25 @@ def hat_cost(raw: np.ndarray) -> np.ndarray:
 
 def cost_counts(batch: ArchArrays, space: DesignSpace, seq_len: int, beam: int) -> dict[str, np.ndarray]:
     """MACs and parameters per part, vectorised; identical to `profiler.cost`'s counts."""
+    return _counts(batch.enc_embed, batch.enc_layers, batch.dec_embed, batch.dec_layers, batch.enc_ffn.sum(1),
+                   batch.dec_ffn.sum(1), batch.dec_ende_layers.sum(1), space, seq_len, beam)
+
+
+def hat_counts(raw: np.ndarray, space: DesignSpace, seq_len: int, beam: int) -> dict[str, np.ndarray]:
+    """`cost_counts` from HAT's 10 raw features: the layer sums it needs are average x layers."""
+    integer = np.rint(raw).astype(np.int64)
+    el, dl = integer[:, 1], integer[:, 5]
+    return _counts(integer[:, 0], el, integer[:, 4], dl, np.rint(raw[:, 2] * el).astype(np.int64),
+                   np.rint(raw[:, 6] * dl).astype(np.int64), np.rint(raw[:, 9] * dl).astype(np.int64),
+                   space, seq_len, beam)
+
+
+def _counts(e: np.ndarray, el: np.ndarray, d: np.ndarray, dl: np.ndarray, enc_ffn: np.ndarray,
+            dec_ffn: np.ndarray, ende: np.ndarray, space: DesignSpace, seq_len: int,
+            beam: int) -> dict[str, np.ndarray]:
+    """MACs and parameters per part from embedding widths, layer counts and the layer sums of
+    FFN widths and attended encoder layers."""
     q, s = space.qkv_dim, seq_len
-    e, d = batch.enc_embed, batch.dec_embed
-    el, dl = batch.enc_layers, batch.dec_layers
-    enc_ffn, dec_ffn = batch.enc_ffn.sum(1), batch.dec_ffn.sum(1)
-    ende = batch.dec_ende_layers.sum(1)
     cached = s * (s + 1) // 2
     macs_enc = el * (4 * s * e * q + 2 * s * s * q) + 2 * s * e * enc_ffn
     cross_kv = 2 * s * e * q * ende
@@ -222,6 +241,12 @@ def arch_features(batch: ArchArrays, ctx: FeatureContext) -> np.ndarray:
     return np.column_stack([hat_cost(hat_raw(batch))] + per_layer + scaled)
 
 
+def hat_macs(raw: np.ndarray, ctx: FeatureContext) -> np.ndarray:
+    """The "hat-macs" feature set of HAT's 10 raw features."""
+    counts = hat_counts(raw, _space_of("hat-macs", ctx), ctx.seq_len, ctx.beam)
+    return np.column_stack([hat_cost(raw), counts["macs_encoder"] / 1e9, counts["macs_decoder"] / 1e9])
+
+
 def feature_names(name: str, ctx: FeatureContext) -> list[str]:
     """Column names of a feature set (for metadata and inspection)."""
     names = [f"{f}/{n:g}" for f, n in zip(HAT_FEATURES, HAT_FEATURE_NORM)]
@@ -230,6 +255,8 @@ def feature_names(name: str, ctx: FeatureContext) -> list[str]:
     names += [n for n, _ in _COST_PRODUCTS]
     if name == "hat-cost":
         return names
+    if name == "hat-macs":
+        return names + list(_PART_MACS)
     if name != "arch":
         raise PredictorError(f"unknown feature set {name!r} (known: {', '.join(FEATURE_SETS)})")
     max_enc, max_dec = _max_layers(name, ctx)
@@ -240,10 +267,15 @@ def feature_names(name: str, ctx: FeatureContext) -> list[str]:
     return names + list(_COST_COUNTS)
 
 
-def _max_layers(name: str, ctx: FeatureContext) -> tuple[int, int]:
+def _space_of(name: str, ctx: FeatureContext) -> DesignSpace:
     if ctx.space is None:
         raise PredictorError(f"feature set {name!r} needs the design space of the data")
-    return max(ctx.space.encoder_layer_num), max(ctx.space.decoder_layer_num)
+    return ctx.space
+
+
+def _max_layers(name: str, ctx: FeatureContext) -> tuple[int, int]:
+    space = _space_of(name, ctx)
+    return max(space.encoder_layer_num), max(space.decoder_layer_num)
 
 
 def from_archs(name: str, archs: Sequence[ArchConfig], ctx: FeatureContext) -> np.ndarray:
@@ -262,8 +294,7 @@ def from_archs(name: str, archs: Sequence[ArchConfig], ctx: FeatureContext) -> n
         check_in_space(batch, archs, ctx.space)
     if name == "arch":
         return arch_features(batch, ctx)
-    raw = hat_raw(batch)
-    return raw / _NORM if name == "hat" else hat_cost(raw)
+    return _from_hat_raw(name, hat_raw(batch), ctx)
 
 
 def parse_archs(df: pd.DataFrame) -> list[ArchConfig]:
@@ -279,7 +310,7 @@ def parse_archs(df: pd.DataFrame) -> list[ArchConfig]:
 
 def from_frame(name: str, df: pd.DataFrame, ctx: FeatureContext) -> np.ndarray:
     """Feature matrix of latency rows: from the `arch` column when every row has it,
-    else (feature sets "hat" and "hat-cost" only) from HAT's 10 feature columns."""
+    else (every feature set but "arch") from HAT's 10 feature columns."""
     if has_arch(df):
         return from_archs(name, parse_archs(df), ctx)
     if name == "arch":
@@ -291,7 +322,14 @@ def from_frame(name: str, df: pd.DataFrame, ctx: FeatureContext) -> np.ndarray:
     raw = df[list(HAT_FEATURES)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
     if ctx.space is not None:
         check_hat_in_space(raw, ctx.space)
-    return raw / _NORM if name == "hat" else hat_cost(raw)
+    return _from_hat_raw(name, raw, ctx)
+
+
+def _from_hat_raw(name: str, raw: np.ndarray, ctx: FeatureContext) -> np.ndarray:
+    """The feature sets computable from HAT's 10 raw features."""
+    if name == "hat":
+        return raw / _NORM
+    return hat_macs(raw, ctx) if name == "hat-macs" else hat_cost(raw)
 
 
 def richest_set(df: pd.DataFrame, ctx: FeatureContext) -> str:

@@ -4,7 +4,9 @@ Latency on a new device is, to a first approximation, a base device's latency ti
 factor, part by part, plus what the base does not scale with; on any device the cost
 terms of each part (a fixed cost per layer: kernel launches and dispatch; layers x width;
 layers x width x FFN, the MACs) carry most of it. Per target (encoder and decoder, or the
-total), in least squared relative error, on the "hat-cost" features x:
+total), in least squared relative error, on the "hat-macs" features x (the default
+model's "hat-cost" plus each part's MACs; "hat-cost" alone, and no MACs kinds, when the
+base records no design space to count MACs in); every ridge part is on "hat-cost":
 
 - "ratio": `new = s * base`;
 - "linear": `new = s * base + c`;
@@ -14,6 +16,10 @@ total), in least squared relative error, on the "hat-cost" features x:
 - "costs": the default ridge with the cost terms left unpenalised (no base);
 - "linear-costs": `new = s * base + c + e . costs`, nothing penalised;
 - "shrink-costs": "shrink" with the cost terms unpenalised;
+- "macs": `new = a * macs + b * layers + c` per part (no base): a time per MAC and a fixed
+  time per layer, nothing penalised: three coefficients where "costs" has many, so a
+  few noisy rows pin it down;
+- "linear-macs": "macs" plus `s * base`;
 - "alone": the default model fitted on the k rows alone, exactly as `predictor train`
   fits it.
 
@@ -53,13 +59,19 @@ from predictor.models import CostRidgeRegressor, _relative_weights
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ratio", "linear", "shrink", "costs", "linear-costs", "shrink-costs", "alone")
-#: The features every correction is written on (the default model's).
-FEATURE_SET = "hat-cost"
+METHODS = ("ratio", "linear", "shrink", "costs", "linear-costs", "shrink-costs", "macs", "linear-macs",
+           "alone")
+#: The features every correction is written on: the default model's plus each part's MACs.
+FEATURE_SET = "hat-macs"
+#: The default model's features: the ridge part of every correction is on these.
+PENALISED_SET = "hat-cost"
 #: Each part's cost terms (feature names before the "/norm"), unpenalised by the "-costs" kinds.
 COST_TERMS = {"encoder": ("encoder_layer_num", "enc_layers_x_dim", "enc_layers_x_dim_x_ffn"),
               "decoder": ("decoder_layer_num", "dec_layers_x_dim", "dec_layers_x_dim_x_ffn")}
 COST_TERMS["total"] = COST_TERMS["encoder"] + COST_TERMS["decoder"]
+#: Each part's MACs and layer count, the free columns of the "macs" kinds.
+MACS_TERMS = {"encoder": ("gmacs_encoder", "encoder_layer_num"), "decoder": ("gmacs_decoder", "decoder_layer_num")}
+MACS_TERMS["total"] = MACS_TERMS["encoder"] + MACS_TERMS["decoder"]
 #: Ridge penalties of the fitted candidates (standardised features, relative weights). None
 #: below 1e-2: with fewer rows than features, leave-one-out favours near-interpolation it
 #: cannot see fail (20 random rows of HAT's Xeon: 0.6% leave-one-out, 19% held-out MAPE).
@@ -202,9 +214,12 @@ def _base_parts(base: LatencyPredictor, df: pd.DataFrame) -> dict[str, np.ndarra
     return base.predict_parts(_features.from_frame(base.feature_set, df, base.context))
 
 
-def _ridge_correction(est: CostRidgeRegressor, n_bases: int) -> Correction:
-    """A fitted ridge on the correction's features as a correction that uses no base."""
-    return Correction((0.0,) * n_bases, float(est.intercept_), tuple(np.asarray(est.coef_, dtype=float).tolist()))
+def _ridge_correction(est: CostRidgeRegressor, n_bases: int, width: int | None = None) -> Correction:
+    """A fitted ridge on the first of the correction's `width` features (zero on the rest)
+    as a correction that uses no base."""
+    coef = np.asarray(est.coef_, dtype=float)
+    coef = np.r_[coef, np.zeros((width or len(coef)) - len(coef))]
+    return Correction((0.0,) * n_bases, float(est.intercept_), tuple(coef.tolist()))
 
 
 # -- fitting on arrays --------------------------------------------------------------------------
@@ -247,49 +262,60 @@ class _Candidate:
     kind: str
     bases: tuple[int, ...]
 
-    def free_columns(self, costs: int) -> int:
-        """Unpenalised columns: the bases' predictions, the cost terms, the intercept."""
-        return (len(self.bases) + (costs if self.kind.endswith("costs") else 0)
-                + (self.kind != "ratio"))
+    @property
+    def terms(self) -> dict[str, tuple[str, ...]] | None:
+        """Its unpenalised feature columns per target: the cost terms or the MACs, if any."""
+        if self.kind.endswith("costs"):
+            return COST_TERMS
+        return MACS_TERMS if self.kind.endswith("macs") else None
+
+    def free_columns(self, terms: int) -> int:
+        """Unpenalised columns: the bases' predictions, `terms` feature columns, the intercept."""
+        return len(self.bases) + terms + (self.kind != "ratio")
 
     @property
     def penalised(self) -> bool:
         """Whether it has a ridge part on the features."""
         return self.kind in ("shrink", "costs", "shrink-costs", "alone")
 
-    def fewest_rows(self, costs: int) -> int:
+    def fewest_rows(self, terms: int) -> int:
         """Fewest rows it is fitted on: a row per base for the ratio, else one more than its
         unpenalised columns."""
         if self.kind == "alone":
             return MIN_ROWS
-        return len(self.bases) if self.kind == "ratio" else self.free_columns(costs) + 1
+        return len(self.bases) if self.kind == "ratio" else self.free_columns(terms) + 1
 
 
 @dataclass
 class _Rows:
-    """The new device's rows as arrays: each base's predictions, features, targets, and the
-    k-rows-alone ridge (its fitted estimators, whose penalties it keeps) when there is one."""
+    """The new device's rows as arrays: each base's predictions, features (the first
+    `penalised` columns are the default model's), targets, and the k-rows-alone ridge (its
+    fitted estimators, whose penalties it keeps) when there is one."""
 
     base: list[dict[str, np.ndarray]]
     X: np.ndarray
     ys: dict[str, np.ndarray]
     targets: tuple[str, ...]
     own: dict[str, CostRidgeRegressor] | None
-    names: list[str] = field(default_factory=list)
+    names: list[str]
+    penalised: int
 
-    def costs(self, target: str) -> np.ndarray:
-        """Column indices of the target's cost terms in X."""
-        return np.array([i for i, n in enumerate(self.names) if n.split("/")[0] in COST_TERMS[target]], dtype=int)
+    def terms(self, cand: _Candidate, target: str) -> np.ndarray:
+        """Column indices in X of the candidate's unpenalised feature columns for the target."""
+        names = (cand.terms or {}).get(target, ())
+        return np.array([i for i, n in enumerate(self.names) if n.split("/")[0] in names], dtype=int)
+
+    def fewest_rows(self, cand: _Candidate) -> int:
+        return cand.fewest_rows(len(self.terms(cand, self.targets[0])))
 
     def _columns(self, cand: _Candidate, target: str,
                  rows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
         """The free columns (unpenalised) and the raw penalised matrix of `cand` on `rows`."""
         free = [self.base[j][target][rows] for j in cand.bases]
-        if cand.kind.endswith("costs"):
-            free += list(self.X[np.ix_(rows, self.costs(target))].T)
+        free += list(self.X[np.ix_(rows, self.terms(cand, target))].T)
         if cand.kind != "ratio":
             free.append(np.ones(len(rows)))
-        return free, self.X[rows] if cand.penalised else None
+        return free, self.X[rows, :self.penalised] if cand.penalised else None
 
     def fit(self, cand: _Candidate, rows: np.ndarray) -> tuple[dict[str, tuple], np.ndarray]:
         """Per-target fitted state of `cand` on `rows`, and its leave-one-out total (ms)."""
@@ -321,21 +347,20 @@ class _Rows:
         """A fitted state as a `Correction` on raw features and every base; "alone" is the
         k-rows-alone ridge itself when `exact` (else its fit on the state's rows)."""
         if cand.kind == "alone" and exact:
-            return _ridge_correction(self.own[target], len(self.base))
+            return _ridge_correction(self.own[target], len(self.base), self.X.shape[1])
         beta, norms, mean, scale = state
         free = beta[:len(norms)] / np.asarray(norms)
         scales = [0.0] * len(self.base)
         for j, b in zip(cand.bases, free):
             scales[j] = float(b)
         coef = np.zeros(self.X.shape[1])
-        if cand.kind.endswith("costs"):
-            costs = self.costs(target)
-            coef[costs] = free[len(cand.bases):len(cand.bases) + len(costs)]
+        terms = self.terms(cand, target)
+        coef[terms] = free[len(cand.bases):len(cand.bases) + len(terms)]
         offset = float(free[-1]) if cand.kind != "ratio" else 0.0
         if mean is not None:
             raw = beta[len(norms):] / scale
             offset -= float(mean @ raw)
-            coef += raw
+            coef[:self.penalised] += raw
         return Correction(tuple(scales), offset, tuple(coef.tolist()))
 
     def predict(self, cand: _Candidate, fitted: dict[str, tuple], rows: np.ndarray) -> np.ndarray:
@@ -351,8 +376,7 @@ class _Rows:
 
     def combine(self, candidates: Sequence[_Candidate], rows: np.ndarray) -> "_Fit":
         """Every candidate that `rows` suffice for, fitted, and their stacking weights."""
-        fewest = {c.name: c.fewest_rows(len(self.costs(self.targets[0]))) for c in candidates}
-        usable = [c for c in candidates if len(rows) >= fewest[c.name]]
+        usable = [c for c in candidates if len(rows) >= self.fewest_rows(c)]
         if not usable:
             raise PredictorError(f"no correction can be fitted on {len(rows)} rows")
         y = self.ys["total"][rows]
@@ -400,12 +424,14 @@ class _Fit:
         return out
 
 
-def _candidates(method: str, n_bases: int, devices: Sequence[str], alone: bool) -> list[_Candidate]:
+def _candidates(method: str, n_bases: int, devices: Sequence[str], alone: bool, macs: bool) -> list[_Candidate]:
     kinds = METHODS if method == "auto" else (method,)
     out = []
     for kind in kinds:
-        if kind in ("costs", "alone"):
-            if kind == "costs" or alone:
+        if kind.endswith("macs") and not macs:
+            continue
+        if kind in ("costs", "macs", "alone"):
+            if kind != "alone" or alone:
                 out.append(_Candidate(kind, kind, ()))
             continue
         for j in range(n_bases):
@@ -447,10 +473,14 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     # Under the penalties' floor the rows alone's leave-one-out cannot judge them (see _ALPHAS):
     # auto then leaves them out (the "costs" kind is their ridge at the floor, and more).
     trusted = own is not None and (method == "alone" or min(e.alpha_ for e in own.values()) >= _ALPHAS[0])
-    candidates = _candidates(method, len(bases), devices, trusted)
-    rows = _Rows([_base_parts(b, df) for b in bases], _features.from_frame(FEATURE_SET, df, ctx), ys, names,
-                 own, _features.feature_names(FEATURE_SET, ctx))
-    fewest = min((c.fewest_rows(len(rows.costs(names[0]))) for c in candidates), default=MIN_ROWS)
+    # MACs need the space's attention width and vocabulary.
+    feature_set = FEATURE_SET if ctx.space is not None else PENALISED_SET
+    if method.endswith("macs") and feature_set != FEATURE_SET:
+        raise PredictorError(f"the {method} correction needs the base predictor's design space to count MACs")
+    candidates = _candidates(method, len(bases), devices, trusted, feature_set == FEATURE_SET)
+    rows = _Rows([_base_parts(b, df) for b in bases], _features.from_frame(feature_set, df, ctx), ys, names,
+                 own, _features.feature_names(feature_set, ctx), len(_features.feature_names(PENALISED_SET, ctx)))
+    fewest = min((rows.fewest_rows(c) for c in candidates), default=MIN_ROWS)
     if k < fewest:
         raise PredictorError(f"the {method} correction needs at least {fewest} rows, got {k}")
     combined = rows.combine(candidates, np.arange(k))
@@ -474,17 +504,18 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
         "adapted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-    return TransferPredictor(bases, method, combined.corrections(rows), FEATURE_SET, metadata, conformal,
+    return TransferPredictor(bases, method, combined.corrections(rows), feature_set, metadata, conformal,
                              tuple(left_out), leverage)
 
 
 def _own_ridge(df: pd.DataFrame, names: tuple[str, ...]) -> dict[str, CostRidgeRegressor] | None:
     """`predictor train`'s default model on the rows, when it is the relative ridge on the
-    corrections' features (whose leave-one-out `_weighted_ridge` computes exactly); else
+    corrections' penalised features (whose leave-one-out `_weighted_ridge` computes exactly); else
     there is no k-rows-alone candidate."""
     spec = model_spec(DEFAULT_MODEL)
-    if spec.feature_set != FEATURE_SET:
-        log.warning("the default model %s is not on %s features: no k-rows-alone candidate", DEFAULT_MODEL, FEATURE_SET)
+    if spec.feature_set != PENALISED_SET:
+        log.warning("the default model %s is not on %s features: no k-rows-alone candidate", DEFAULT_MODEL,
+                    PENALISED_SET)
         return None
     own = fit_prepared(prepare(df, spec.feature_set, "total" if names == _data.TOTAL_TARGET else "auto"),
                        None, DEFAULT_MODEL)

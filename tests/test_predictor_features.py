@@ -69,6 +69,20 @@ def test_hat_cost_from_columns_equals_hat_cost_from_archs(archs):
                                F.from_archs("hat-cost", archs, ctx), rtol=1e-12)
 
 
+def test_hat_macs_from_columns_are_the_exact_counts(archs):
+    """HAT's averages lose the per-layer order but not the layer sums the counts need: the
+    MACs from HAT's columns equal `profiler.cost`'s for every architecture."""
+    frame = pd.DataFrame([a.hat_features() for a in archs], columns=list(HAT_FEATURES))
+    ctx = F.FeatureContext(SPACE, seq_len=7, beam=2)
+    X = F.from_frame("hat-macs", frame, ctx)
+    names = F.feature_names("hat-macs", ctx)
+    for i, arch in enumerate(archs):
+        macs = count_macs(arch, SPACE, 7, 2)
+        assert X[i, names.index("gmacs_encoder")] * 1e9 == pytest.approx(macs["encoder"], rel=1e-12)
+        assert X[i, names.index("gmacs_decoder")] * 1e9 == pytest.approx(macs["decoder"], rel=1e-12)
+    np.testing.assert_allclose(X, F.from_archs("hat-macs", archs, ctx), rtol=1e-12)
+
+
 def test_arch_outside_space_names_the_gene(archs):
     wide = ArchConfig.from_dict({**archs[0].to_dict(), "decoder_embed_dim": 640})
     with pytest.raises(SpaceError, match=r"architecture #1 .*outside the predictor's space"
@@ -97,5 +111,6 @@ def test_arch_features_need_the_arch_column(archs):
 def test_without_space_hat_features_still_work(archs):
     X = F.from_archs("hat-cost", archs[:5], F.FeatureContext(None))
     assert X.shape[0] == 5
-    with pytest.raises(PredictorError, match="needs the design space"):
-        F.from_archs("arch", archs[:5], F.FeatureContext(None))
+    for name in ("arch", "hat-macs"):
+        with pytest.raises(PredictorError, match="needs the design space"):
+            F.from_archs(name, archs[:5], F.FeatureContext(None))

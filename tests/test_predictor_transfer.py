@@ -7,7 +7,7 @@ import pytest
 
 from profiler.errors import PredictorError
 from predictor import adapt, features, train_predictor
-from predictor.transfer import FEATURE_SET, METHODS, evaluate_transfer, stack_weights
+from predictor.transfer import FEATURE_SET, METHODS, PENALISED_SET, evaluate_transfer, stack_weights
 from predictor.synthetic import synthetic_frame
 
 
@@ -75,6 +75,42 @@ def test_costs_learn_a_fixed_cost_per_layer(base, new_device):
     assert np.abs(linear / rest["latency_ms"] - 1).max() > 0.01
 
 
+def test_macs_learn_a_roofline_device(base, new_device):
+    """A device whose parts cost a fixed time per layer plus a time per MAC (none of the
+    base's shape): "macs" recovers it exactly from 12 rows, on features counted from HAT's
+    averages alone, and auto comes within 0.1%."""
+    df = new_device.copy()
+    macs = features.cost_counts(features.encode_archs(features.parse_archs(df), 4, 4), base.context.space,
+                                base.context.seq_len, base.context.beam)
+    df["latency_mean_encoder"] = 0.3 + 2.0 * df["encoder_layer_num"] + 4e-9 * macs["macs_encoder"]
+    df["latency_mean_decoder"] = 1.0 + 5.0 * df["decoder_layer_num"] + 9e-9 * macs["macs_decoder"]
+    df["latency_ms"] = df["latency_mean_encoder"] + df["latency_mean_decoder"]
+    rest = df.iloc[12:]
+    exact = adapt(base, df.head(12), method="macs")
+    assert exact.feature_set == "hat-macs"
+    np.testing.assert_allclose(exact.predict_frame(rest)["predicted_ms"], rest["latency_ms"], rtol=1e-7)
+    hat_only = df.drop(columns="arch")
+    np.testing.assert_allclose(exact.predict_frame(hat_only.iloc[12:])["predicted_ms"], rest["latency_ms"], rtol=1e-7)
+    predicted = adapt(base, df.head(12), intervals=False).predict_frame(rest)["predicted_ms"]
+    assert np.abs(predicted / rest["latency_ms"] - 1).max() < 1e-3
+    ratio = adapt(base, df.head(12), method="ratio").predict_frame(rest)["predicted_ms"]
+    assert np.abs(ratio / rest["latency_ms"] - 1).max() > 0.01
+
+
+def test_no_macs_without_a_space(new_device):
+    """MACs need the space's attention width and vocabulary: a base that records no space
+    adapts on the default model's features, without the MACs kinds."""
+    spaceless = new_device.drop(columns=["arch", "space", "space_digest"], errors="ignore")
+    base = train_predictor(synthetic_frame(200, seed=0).drop(columns=["arch", "space", "space_digest"],
+                                                             errors="ignore"))
+    assert base.context.space is None
+    adapted = adapt(base, spaceless.head(20), intervals=False)
+    assert adapted.feature_set == PENALISED_SET
+    assert not any(name.endswith("macs") for name in adapted.metadata["loo_rmspe"])
+    with pytest.raises(PredictorError, match="design space"):
+        adapt(base, spaceless.head(20), method="macs")
+
+
 def test_shrinkage_learns_what_the_base_misses(base, new_device):
     """New device = 2 x base + a cost the base does not scale with (decoder layers x FFN):
     the affine map cannot fit it; the shrunk ridge and auto cut its worst error tenfold (not
@@ -111,7 +147,7 @@ def test_rows_alone_under_the_penalty_floor_are_left_out(base, new_device):
     """Rows whose default ridge picks a penalty under 1e-2 (here: latency exactly linear in
     the features, so the least penalty wins) leave the rows alone out of auto, not of "alone"."""
     df = new_device.head(25).copy()
-    X = features.from_frame(FEATURE_SET, df, base.context)
+    X = features.from_frame(PENALISED_SET, df, base.context)
     df["latency_mean_encoder"] = 5.0 + X @ np.linspace(1.0, 2.0, X.shape[1])
     df["latency_mean_decoder"] = 20.0 + X @ np.linspace(3.0, 1.0, X.shape[1])
     df["latency_ms"] = df["latency_mean_encoder"] + df["latency_mean_decoder"]
@@ -168,9 +204,10 @@ def test_leave_one_out_is_exact(base, new_device):
                  {t: df[c].to_numpy() for t, c in (("encoder", "latency_mean_encoder"),
                                                    ("decoder", "latency_mean_decoder"),
                                                    ("total", "latency_ms"))},
-                 ("encoder", "decoder"), None, features.feature_names(FEATURE_SET, base.context))
+                 ("encoder", "decoder"), None, features.feature_names(FEATURE_SET, base.context),
+                 len(features.feature_names(PENALISED_SET, base.context)))
     # Unpenalised kinds: a refit would choose its own penalty and standardisation.
-    for kind in ("linear", "linear-costs"):
+    for kind in ("linear", "linear-costs", "linear-macs"):
         cand = _Candidate(kind, kind, (0,))
         _, loo = rows.fit(cand, np.arange(12))
         refit = [rows.predict(cand, rows.fit(cand, np.delete(np.arange(12), i))[0], np.array([i]))[0]
