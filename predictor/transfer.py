@@ -27,13 +27,19 @@ With several bases, each kind that uses one is tried on each base, and the "shri
 kinds also on all of them at once. `method="auto"` combines every candidate instead of
 choosing one: stacking (Breiman 1996), the non-negative weights, normalised to sum to 1,
 that minimise the squared relative error of the candidates' leave-one-out predictions of
-the total latency. It nests "alone" (weight 1), so no discrete choice is made on noise;
+the total latency. It nests "alone" (weight 1), so none of them is picked on noise;
 all candidates are linear in the bases and x, so the result is one correction. The rows
 alone take part only when their ridge penalty is one leave-one-out can judge (see
 `_ALPHAS`); "costs" is that ridge at the floor, with the cost terms free.
-The adapted predictor's intervals (`predictor.conformal`) come from a second, outer
-leave-one-out of that whole procedure, weights included: jackknife+, normalised by each
-row's leverage (`predictor.leverage`); the k left-out corrections are kept for it.
+The stack's own leave-one-out is optimistic (its weights were fitted to it), and on 5 or
+10 rows it weighs the candidates on noise: on HAT's devices the "macs" kind alone beat it
+at k = 5 on every pair. So `auto` keeps "macs" alone (`PRIOR_KIND`) unless the stack
+predicts the rows better when each is left out of the whole stacking, weights included (an
+outer leave-one-out); `metadata["choice"]` records both errors.
+The adapted predictor's intervals (`predictor.conformal`) come from that outer leave-one-out
+of the model kept (the stack, weights included, or "macs"; the choice between them is not
+left out): jackknife+, normalised by each row's leverage (`predictor.leverage`); the k
+left-out corrections are kept for it.
 """
 from __future__ import annotations
 
@@ -61,6 +67,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("ratio", "linear", "shrink", "costs", "linear-costs", "shrink-costs", "macs", "linear-macs",
            "alone")
+#: The kind `auto` keeps instead of the stack unless the stack, left out whole, predicts better.
+PRIOR_KIND = "macs"
 #: The features every correction is written on: the default model's plus each part's MACs.
 FEATURE_SET = "hat-macs"
 #: The default model's features: the ridge part of every correction is on these.
@@ -383,8 +391,8 @@ class _Rows:
         fits = [self.fit(c, rows) for c in usable]
         loo = np.column_stack([f[1] for f in fits])
         weights = stack_weights(loo, y) if len(usable) > 1 else np.ones(1)
-        scores = {c.name: float(100 * np.sqrt(np.mean(np.square(loo[:, i] / y - 1)))) for i, c in enumerate(usable)}
-        scores["stack"] = float(100 * np.sqrt(np.mean(np.square(loo @ weights / y - 1))))
+        scores = {c.name: _rmspe(loo[:, i], y) for i, c in enumerate(usable)}
+        scores["stack"] = _rmspe(loo @ weights, y)
         return _Fit(usable, [f[0] for f in fits], weights, scores)
 
     def jackknife(self, candidates: Sequence[_Candidate]) -> tuple[np.ndarray, list[dict[str, Correction]]]:
@@ -397,6 +405,11 @@ class _Rows:
             predicted[i] = fit.predict(self, np.array([i]))[0]
             corrections.append(fit.corrections(self, exact=False))
         return predicted, corrections
+
+
+def _rmspe(predicted_ms: np.ndarray, y_ms: np.ndarray) -> float:
+    """Root mean squared relative error, in % of the measured latency."""
+    return float(100 * np.sqrt(np.mean(np.square(predicted_ms / y_ms - 1))))
 
 
 @dataclass
@@ -483,29 +496,49 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     fewest = min((rows.fewest_rows(c) for c in candidates), default=MIN_ROWS)
     if k < fewest:
         raise PredictorError(f"the {method} correction needs at least {fewest} rows, got {k}")
-    combined = rows.combine(candidates, np.arange(k))
+    stacked = rows.combine(candidates, np.arange(k))
+    jackknifed = rows.jackknife(candidates) if k - 1 >= fewest and (intervals or method == "auto") else None
+    combined, choice = _choose(rows, candidates, stacked, jackknifed) if method == "auto" else (stacked, None)
+    if combined is not stacked and intervals:
+        jackknifed = rows.jackknife(combined.candidates)
     conformal, cv, left_out, leverage = None, None, (), None
-    if intervals and k - 1 >= fewest:
-        predicted, left_out = rows.jackknife(candidates)
+    if intervals and jackknifed is not None:
+        predicted, left_out = jackknifed
         leverage, spread = Leverage.fit(rows.X, ys["total"])
         conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife+ (leave-one-out of the "
                                              "adaptation, normalised by leverage)", spread)
         cv = latency_metrics(ys["total"], predicted)
     weights = {c.name: round(float(w), 4) for c, w in zip(combined.candidates, combined.weights) if w > 0}
     log.info("adapted %s to %s from %d rows: %s (leave-one-out RMSPE %s)", ", ".join(devices),
-             settings.get("device"), k, weights, {n: round(v, 2) for n, v in combined.scores.items()})
+             settings.get("device"), k, weights, {n: round(v, 2) for n, v in stacked.scores.items()})
     metadata = {
         "model": f"{bases[0].model}+{method}",
         "base_device": devices[0] if len(devices) == 1 else devices,
         "data": {**settings, "rows": k},
         "weights": weights,
-        "loo_rmspe": {**combined.scores, method: combined.scores["stack"]},
+        "loo_rmspe": {**stacked.scores, method: combined.scores["stack"]},
+        "choice": choice,
         "cross_validation": cv,
         "adapted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
     return TransferPredictor(bases, method, combined.corrections(rows), feature_set, metadata, conformal,
                              tuple(left_out), leverage)
+
+
+def _choose(rows: _Rows, candidates: Sequence[_Candidate], stacked: _Fit,
+            jackknifed: tuple[np.ndarray, list] | None) -> tuple[_Fit, dict[str, Any] | None]:
+    """`auto`'s fit: the prior kind alone when its leave-one-out error is no larger than the
+    stack's outer one (each row predicted by the whole stacking made without it), else the
+    stack; and both errors (None when there is no prior kind or too few rows to compare)."""
+    prior = [c for c in candidates if c.kind == PRIOR_KIND]
+    k = len(rows.ys["total"])
+    if not prior or jackknifed is None or k - 1 < rows.fewest_rows(prior[0]):
+        return stacked, None
+    alone = rows.combine(prior, np.arange(k))
+    choice = {"stack": _rmspe(jackknifed[0], rows.ys["total"]), PRIOR_KIND: alone.scores[PRIOR_KIND]}
+    choice["chosen"] = PRIOR_KIND if choice[PRIOR_KIND] <= choice["stack"] else "stack"
+    return (alone if choice["chosen"] == PRIOR_KIND else stacked), choice
 
 
 def _own_ridge(df: pd.DataFrame, names: tuple[str, ...]) -> dict[str, CostRidgeRegressor] | None:

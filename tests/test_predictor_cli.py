@@ -14,6 +14,7 @@ from profiler.dataset import HAT_COLUMNS
 from profiler.errors import HatprofError, PredictorError, SpaceError
 from profiler.space import load_space
 from hatprof.commands.predictor import predictor
+from predictor.persistence import load_predictor
 from predictor.synthetic import synthetic_frame
 from predictor.transfer import METHODS
 
@@ -109,6 +110,10 @@ def test_adapt_then_eval(files):
     assert {w.rsplit(" ", 1)[0] for w in weights} <= set(METHODS)
     assert sum(float(w.rsplit(" ", 1)[1]) for w in weights) == pytest.approx(1.0, abs=0.01 * len(weights))
     assert "held-out error by leave-one-out of the adaptation: n=15" in result.output
+    saved = load_predictor(out).metadata["choice"]  # what it kept, and why, as the file records it
+    kept = "the stack" if saved["chosen"] == "stack" else "macs alone"
+    assert (f"kept {kept}: leave-one-out RMSPE {saved['macs']:.2f}% for macs alone, {saved['stack']:.2f}% "
+            "for the stack left out whole") in result.output
     result = invoke("eval", "--predictor", out, "--data", files["pi"])
     assert result.exit_code == 0 and "n=80" in result.output
     assert "90% intervals (jackknife+ (leave-one-out of the adaptation, normalised by leverage), 15 scored rows) cover" in result.output
@@ -127,7 +132,6 @@ def test_predict_gives_intervals_and_their_coverage(files):
 
 def test_predict_archs_with_an_adapted_predictors_jackknife_intervals(files):
     from predictor.conformal import intervals_of
-    from predictor.persistence import load_predictor
 
     adapted = files["root"] / "pi_for_archs.predictor"
     assert invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", adapted).exit_code == 0
@@ -209,7 +213,6 @@ def test_predict_reads_the_json_lines_that_space_sample_writes(files):
 
 
 def test_adapt_flags_a_predictor_whose_own_leave_one_out_error_is_large(files):
-    from predictor.persistence import load_predictor
 
     good = files["root"] / "good.predictor"
     result = invoke("adapt", "--base", files["model"], "--data", files["pi_few"], "--out", good)

@@ -71,6 +71,9 @@ def test_costs_learn_a_fixed_cost_per_layer(base, new_device):
     for method, worst in (("linear-costs", 1e-6), ("auto", 1e-3)):
         predicted = adapt(base, df.head(20), method=method).predict_frame(rest)["predicted_ms"]
         assert np.abs(predicted / rest["latency_ms"] - 1).max() < worst
+    # the stack, left out whole, is near exact; "macs" (no base) is not, so auto keeps the stack
+    choice = adapt(base, df.head(20)).metadata["choice"]
+    assert choice["chosen"] == "stack" and choice["stack"] < 0.1 < choice["macs"]
     linear = adapt(base, df.head(20), method="linear").predict_frame(rest)["predicted_ms"]
     assert np.abs(linear / rest["latency_ms"] - 1).max() > 0.01
 
@@ -91,8 +94,12 @@ def test_macs_learn_a_roofline_device(base, new_device):
     np.testing.assert_allclose(exact.predict_frame(rest)["predicted_ms"], rest["latency_ms"], rtol=1e-7)
     hat_only = df.drop(columns="arch")
     np.testing.assert_allclose(exact.predict_frame(hat_only.iloc[12:])["predicted_ms"], rest["latency_ms"], rtol=1e-7)
-    predicted = adapt(base, df.head(12), intervals=False).predict_frame(rest)["predicted_ms"]
-    assert np.abs(predicted / rest["latency_ms"] - 1).max() < 1e-3
+    # auto keeps "macs" alone: the stack, left out whole, cannot predict the rows better than exactly
+    auto = adapt(base, df.head(12), intervals=False)
+    assert auto.metadata["choice"]["chosen"] == "macs" and auto.metadata["weights"] == {"macs": 1.0}
+    assert auto.metadata["choice"]["macs"] < 1e-6
+    predicted = auto.predict_frame(rest)["predicted_ms"]
+    assert np.abs(predicted / rest["latency_ms"] - 1).max() < 1e-7
     ratio = adapt(base, df.head(12), method="ratio").predict_frame(rest)["predicted_ms"]
     assert np.abs(ratio / rest["latency_ms"] - 1).max() > 0.01
 
@@ -107,6 +114,7 @@ def test_no_macs_without_a_space(new_device):
     adapted = adapt(base, spaceless.head(20), intervals=False)
     assert adapted.feature_set == PENALISED_SET
     assert not any(name.endswith("macs") for name in adapted.metadata["loo_rmspe"])
+    assert adapted.metadata["choice"] is None
     with pytest.raises(PredictorError, match="design space"):
         adapt(base, spaceless.head(20), method="macs")
 

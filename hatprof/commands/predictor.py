@@ -24,7 +24,7 @@ from predictor.core import DEFAULT_MODEL, MODELS, train_predictor
 from predictor.data import check_space, measured_total
 from predictor.metrics import latency_metrics
 from predictor.persistence import load_predictor, save_predictor
-from predictor.transfer import METHODS
+from predictor.transfer import METHODS, PRIOR_KIND
 from predictor.suggest import suggest_archs
 from predictor.transfer import adapt as adapt_predictor
 
@@ -241,7 +241,8 @@ def _bases(paths: tuple[Path, ...] | Path) -> list:
 @format_option
 @click.option("--method", type=click.Choice(["auto", *METHODS]), default="auto", show_default=True,
               help="Correction of the base predictions (auto: all of them and the rows alone, "
-                   "weighted by stacking their leave-one-out predictions on the rows).")
+                   "weighted by stacking their leave-one-out predictions on the rows; or macs alone "
+                   "when the stack, left out whole, does not predict the rows better).")
 @click.option("--out", type=_out, required=True, help="Adapted predictor file to write.")
 @statistic_option
 def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int, inventory: str | None,
@@ -270,6 +271,11 @@ def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int,
     quality = f"; leave-one-out RMSPE {loo:.2f}%" if loo is not None else ""
     click.echo(f"{'! ' if poor else ''}{adapted.method} correction from {adapted.metadata['data']['rows']} rows "
                f"({weights}{quality}) -> {out}")
+    choice = adapted.metadata.get("choice")
+    if choice is not None:
+        click.echo(f"kept {'the stack' if choice['chosen'] == 'stack' else PRIOR_KIND + ' alone'}: leave-one-out "
+                   f"RMSPE {choice[PRIOR_KIND]:.2f}% for {PRIOR_KIND} alone, {choice['stack']:.2f}% for the stack "
+                   "left out whole")
     if cv is not None:
         click.echo(f"held-out error by leave-one-out of the adaptation: {_metrics_line(cv)}")
     if poor:
