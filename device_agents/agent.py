@@ -33,12 +33,11 @@ are JSON objects (``Content-Type: application/json``), except uploads.
     `profiler.protocol.RoundSpec`, whose defaults are the defaults here (all but ``artifact``
     optional; unknown fields are refused). Duet mode adds ``"reference"``, an artifact of the
     same format named the same way, whose part is then timed in the canary's place, before and
-    after every run. One round of the timing protocol: the gate waits (at most ``cooldown_s``)
-    while the board is at ``max_temp_c``, its firmware says it is throttled now, or the canary
-    (in duet mode: a whole run of the reference) runs slower than ``slow_canary_ns`` (0:
-    never); then ``warmup`` untimed runs and ``runs`` timed runs of the encoder, with a fixed
-    reference kernel (the canary) timed before, after and every ``canary_every`` runs; then
-    the same for the decoder.
+    after every run. One round of the timing protocol: the gate waits (at
+    most ``cooldown_s``) while the board is at ``max_temp_c``, its firmware says it is throttled
+    now, or the canary runs slower than ``slow_canary_ns`` (0: never); then ``warmup`` untimed
+    runs and ``runs`` timed runs of the encoder, with a fixed reference kernel (the canary)
+    timed before, after and every ``canary_every`` runs; then the same for the decoder.
     Out: ``{"result": {"encoder_ns": [...],
     "encoder_canary_ns": [...], "encoder_other_cpu": f, "decoder_ns": ..., "before": {...},
     "after": {...}, "gate": {...}}, "statistics": {"encoder": {...}, "decoder": {...}},

@@ -16,9 +16,7 @@ rounds, for whole processes at times). So the gate also times a probe, the media
 runs of the reference kernel back to back (`canary_ns`, `profiler.protocol.canary_median_ns`),
 and, given `slow_ns` (from the machine's fast level, `profiler.canary_history`), waits while
 the probe is above it: a round timed then would measure the host, and the wait costs no
-device time. In duet mode the reference model takes the canary's place here as in the round:
-the probe is the median of a few whole runs of it, and `slow_ns` comes from its scale (the pure
-Python canary foretold the reference's speed poorly on the development VM: correlation 0.3-0.5).
+device time.
 
 Everything is read under an injectable root directory, so tests drive the gate with a fake
 sysfs tree, a fake clock and a fake sleep. Device side: standard library only.
@@ -119,7 +117,7 @@ class ThermalGate:
 
     def _describe(self, why: str, state: BoardState) -> str:
         if why == "slow":
-            return f"probe {state.canary_ns / 1000:.0f} µs, limit {self.slow_ns / 1000:.0f} µs"
+            return f"canary {state.canary_ns / 1000:.0f} µs, limit {self.slow_ns / 1000:.0f} µs"
         if why == "hot":
             return f"{state.temperature_c:.0f} °C, limit {self.max_temp_c:.0f} °C"
         return ", ".join(state.throttled)

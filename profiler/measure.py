@@ -26,7 +26,7 @@ from profiler.artifacts import get_artifact
 from profiler.canary_history import CanaryHistory
 from profiler.convergence import CANARY_LIMIT, PARTS, ArchRounds, CanaryReference, round_level
 from profiler.dataset import NO_REFERENCE, DatasetWriter, RowQuality, make_settings, row_from_measurement
-from profiler.duet import CALIBRATION_ROUNDS, LEVEL_LIMIT, ReferenceScale, brackets_ns, reference_kind
+from profiler.duet import LEVEL_LIMIT, ReferenceScale, brackets_ns, reference_kind
 from profiler.errors import DatasetError, ErrorCode, HatprofError
 from profiler.protocol import RoundSpec, TimingProtocol
 from profiler.space import ArchConfig, DesignSpace
@@ -133,15 +133,14 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
         for arch, artifact, state in pending:
             start = time.monotonic()
             try:
-                pair = target.measure_round(artifact, job.fmt, _gated(spec, history, state, duet) if p.converging
-                                            else spec, None if duet is None else duet.artifact)
+                pair = target.measure_round(artifact, job.fmt, _gated(spec, history, state) if p.converging else spec,
+                                            None if duet is None else duet.artifact)
             except HatprofError as exc:
                 logger.warning("architecture %s: measurement failed: %s", arch.arch_id, exc)
                 failed[arch.arch_id] = exc
                 continue
             gate = pair.gate or {}
-            if duet is None:  # in duet mode the gate probed the reference, not the canary
-                history.record(gate.get("seen", {}).get("canary_ns"))
+            history.record(gate.get("seen", {}).get("canary_ns"))
             # device time is the round's timing; the gate's wait for a fit board is gate_wait_s
             reason = state.add(pair, max(0.0, time.monotonic() - start - float(gate.get("waited_s", 0.0))))
             if reason:
@@ -151,23 +150,17 @@ def _measure_group(job: MeasureJob, target: MeasureTarget, archs: Sequence[ArchC
     return states, failed
 
 
-def _gated(spec: RoundSpec, history: CanaryHistory, state: ArchRounds, duet: Duet | None) -> RoundSpec:
+def _gated(spec: RoundSpec, history: CanaryHistory, state: ArchRounds) -> RoundSpec:
     """`spec`, asking the device to wait (within its cooldown) while its canary probe is
     `CANARY_LIMIT` above the machine's fast level (once that is known), until the
     architecture's gate waits (any reason) add up to `SLOW_WAIT_BUDGET_S`: then its rounds are timed at once
     and judged by their canaries, so a host slow for long costs a flagged row, not hours. In duet
-    mode the probe is the reference's whole run, and the limit `LEVEL_LIMIT` above its scale
-    once that is fixed: the rounds the level check would discard wait instead of being timed."""
-    waited = sum(float((pair.gate or {}).get("waited_s", 0.0)) for pair in state.pairs)
-    if waited >= SLOW_WAIT_BUDGET_S:
-        return spec
-    if duet is not None:
-        scale = duet.scale
-        if scale.calibration_rounds < CALIBRATION_ROUNDS:
-            return spec
-        return dataclasses.replace(spec, slow_canary_ns=sum(map(scale.scale_ns, PARTS)) * (1 + LEVEL_LIMIT))
+    mode too: a round timed slow is discarded (`reference`), not restated."""
     fast = history.fast_ns
-    return dataclasses.replace(spec, slow_canary_ns=fast * (1 + CANARY_LIMIT)) if fast else spec
+    waited = sum(float((pair.gate or {}).get("waited_s", 0.0)) for pair in state.pairs)
+    if not fast or waited >= SLOW_WAIT_BUDGET_S:
+        return spec
+    return dataclasses.replace(spec, slow_canary_ns=fast * (1 + CANARY_LIMIT))
 
 
 def _to_row(job: MeasureJob, arch: ArchConfig, state: ArchRounds, settings: dict[str, str],

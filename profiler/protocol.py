@@ -213,8 +213,7 @@ class RoundSpec:
     max_temp_c: float = TimingProtocol.max_temp_c
     cooldown_s: float = TimingProtocol.cooldown_s
     #: Before the round, wait (within `cooldown_s`) while the canary's median is above this
-    #: many nanoseconds (0: never): set by the coordinator from the machine's fast level. In
-    #: duet mode the reference takes the canary's place here too: the probe is its median.
+    #: many nanoseconds (0: never): set by the coordinator from the machine's fast level.
     slow_canary_ns: float = 0.0
     #: Not needed to time; the statistics an agent returns beside the samples use it.
     trim: float = TimingProtocol.trim
@@ -262,22 +261,14 @@ def canary() -> int:
 
 #: Canary runs whose median says, before a round, whether the machine is at its fast level.
 PROBE_RUNS = 21
-#: In duet mode, runs of the reference (encoder, then decoder) whose median says it instead.
-REFERENCE_PROBE_RUNS = 5
 
 
 def canary_median_ns(clock: Callable[[], int] = time.perf_counter_ns, runs: int = PROBE_RUNS) -> float:
     """The median time of `runs` runs of the canary (the slow-host gate's probe)."""
-    return probe_median_ns(canary, clock, runs)
-
-
-def probe_median_ns(fn: Callable[[], Any], clock: Callable[[], int] = time.perf_counter_ns,
-                    runs: int = PROBE_RUNS) -> float:
-    """The median time of `runs` calls of `fn`, back to back."""
     times = []
     for _ in range(runs):
         start_ns = clock()
-        fn()
+        canary()
         times.append(clock() - start_ns)
     return float(statistics.median(times))
 

@@ -22,8 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol as TypingProtocol
 from profiler.errors import ProtocolError
 from profiler.gate import ThermalGate
 from profiler.metadata import collect_environment, current_affinity, default_cpus, pin_process, snapshot
-from profiler.protocol import (REFERENCE_PROBE_RUNS, RoundResult, RoundSpec, canary_median_ns, probe_median_ns,
-                               time_round)
+from profiler.protocol import RoundResult, RoundSpec, canary_median_ns, time_round
 from profiler.workload import Runner, open_runner
 
 
@@ -94,27 +93,20 @@ class LocalTarget:
         """One round of `spec`: the thermal gate's wait, then warm-up and timed runs of the
         encoder, then of the decoder (`spec.threads` must be this target's). With a
         `reference_dir` (duet mode), the same part of that artifact is timed in the canary's
-        place, before and after every run, and the gate probes the reference, not the canary."""
+        place, before and after every run."""
         if spec.threads != self.threads:
             raise ProtocolError(f"this target times with {self.threads} thread(s), the round asks for {spec.threads}")
         runner = self._runner(Path(artifact_dir), fmt, spec.seq_len, spec.beam)
         reference = None if reference_dir is None else self._runner(Path(reference_dir), fmt, spec.seq_len, spec.beam)
         every = spec.canary_every if reference is None else 1
         gate = ThermalGate(self.cpus, spec.max_temp_c, spec.cooldown_s, root=self._sysfs_root,
-                           slow_ns=spec.slow_canary_ns, canary_ns=self._probe(reference)).wait()
+                           slow_ns=spec.slow_canary_ns, canary_ns=lambda: canary_median_ns(self._clock)).wait()
         before = snapshot(self.cpus)
         encoder = time_round(runner.run_encoder, spec.warmup, spec.runs, self._clock, canary_every=every,
                              reference=None if reference is None else reference.run_encoder)
         decoder = time_round(runner.run_decoder, spec.warmup, spec.runs, self._clock, canary_every=every,
                              reference=None if reference is None else reference.run_decoder)
         return RoundPair(encoder, decoder, before, snapshot(self.cpus), gate)
-
-    def _probe(self, reference: Runner | None) -> Callable[[], float]:
-        """The gate's probe: the canary's median, or in duet mode the reference's (a whole run)."""
-        if reference is None:
-            return lambda: canary_median_ns(self._clock)
-        return lambda: probe_median_ns(lambda: (reference.run_encoder(), reference.run_decoder()), self._clock,
-                                       REFERENCE_PROBE_RUNS)
 
     def _runner(self, artifact_dir: Path, fmt: str, seq_len: int, beam: int) -> Runner:
         key = (str(artifact_dir.resolve()), fmt, seq_len, beam)

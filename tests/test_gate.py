@@ -126,7 +126,7 @@ def test_a_slow_wait_that_runs_out_is_recorded_as_slow_and_without_a_limit_the_p
         record = ThermalGate({0}, cooldown_s=3, root=tmp_path, clock=fake.clock, sleep=fake.sleep,
                              slow_ns=100_000.0, canary_ns=lambda: 150_000.0).wait()
     assert record["timed_out"] and record["unfit"] == "slow" and fake.sleeps == 3 and record["slow_ns"] == 100_000.0
-    assert "stayed slow for 3 s (probe 150 µs, limit 100 µs)" in caplog.text
+    assert "stayed slow for 3 s (canary 150 µs, limit 100 µs)" in caplog.text
     fake = FakeTime()
     record = ThermalGate({0}, root=tmp_path, clock=fake.clock, sleep=fake.sleep, canary_ns=lambda: 150_000.0).wait()
     assert record["seen"]["canary_ns"] == 150_000.0 and not record["timed_out"] and fake.sleeps == 0

@@ -3,7 +3,6 @@ worker target pins only its child process, which it renews every few rounds."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from profiler.metadata import current_affinity
 from profiler.protocol import RoundSpec
@@ -82,56 +81,3 @@ def test_a_round_on_a_slow_host_waits_on_the_canary_probe_and_records_it(artifac
     assert slow.gate["timed_out"] and slow.gate["unfit"] == "slow"  # no time to wait: timed anyway
     assert plain.gate["seen"]["canary_ns"] == 1000.0 and not plain.gate["timed_out"]  # probed, no limit
     assert fit.encoder.samples_ns == slow.encoder.samples_ns == (1000, 1000)
-
-
-class SteppedClock:
-    """A clock that stands still except when a fake runner runs: then it steps by that run's time."""
-
-    def __init__(self):
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-
-class FakeRunner:
-    """A runner whose encoder and decoder runs take a known number of nanoseconds on `clock`."""
-
-    def __init__(self, clock: SteppedClock, encoder_ns: int, decoder_ns: int):
-        self.clock, self.encoder_ns, self.decoder_ns = clock, encoder_ns, decoder_ns
-
-    def run_encoder(self):
-        self.clock.now += self.encoder_ns
-
-    def run_decoder(self):
-        self.clock.now += self.decoder_ns
-
-    def close(self):
-        pass
-
-
-def test_in_duet_mode_the_gate_probes_a_whole_run_of_the_reference(tmp_path, monkeypatch):
-    """The reference (3 + 5 µs a run) is the gate's probe in duet mode, the canary (no time on
-    this clock) otherwise; the limit the coordinator sends applies to that probe."""
-    import profiler.target as target_module
-
-    clock = SteppedClock()
-    times = {"model": (10_000, 20_000), "reference": (3_000, 5_000)}
-    monkeypatch.setattr(target_module, "open_runner",
-                        lambda fmt, artifact_dir, **kw: FakeRunner(clock, *times[Path(artifact_dir).name]))
-    target = LocalTarget(threads=1, cpus={max(current_affinity())}, sysfs_root=tmp_path, clock=clock)
-    model, reference = tmp_path / "model", tmp_path / "reference"
-    try:
-        spec = RoundSpec(seq_len=4, beam=2, warmup=0, runs=2, cooldown_s=0.0)
-        fit = target.measure_round(model, "onnx", RoundSpec(**{**spec.to_dict(), "slow_canary_ns": 9_000.0}),
-                                   reference)
-        slow = target.measure_round(model, "onnx", RoundSpec(**{**spec.to_dict(), "slow_canary_ns": 7_000.0}),
-                                    reference)
-        plain = target.measure_round(model, "onnx", spec)
-    finally:
-        target.close()
-    assert fit.gate["seen"]["canary_ns"] == 8_000.0 and not fit.gate["timed_out"]
-    assert slow.gate["timed_out"] and slow.gate["unfit"] == "slow"  # no time to wait: timed anyway
-    assert plain.gate["seen"]["canary_ns"] == 0.0  # the canary: no fake run, no time
-    assert fit.encoder.samples_ns == (10_000, 10_000) and fit.encoder.canary_ns == (3_000,) * 3
-    assert fit.decoder.canary_ns == (5_000,) * 3
