@@ -41,6 +41,7 @@ from profiler.canary_history import machine_key  # noqa: E402
 from profiler.convergence import PARTS  # noqa: E402
 from profiler.dataset import measurements_from_raw, raw_path_for  # noqa: E402
 from profiler.duet import LEVEL_LIMIT, CalibrationHistory, reference_level, restated  # noqa: E402
+from profiler.gate import POLL_S  # noqa: E402
 from profiler.metadata import cpu_model  # noqa: E402
 from profiler.protocol import RoundResult, trimmed_mean  # noqa: E402
 
@@ -81,8 +82,10 @@ def duet_rounds(raw: dict, trim: float) -> list[dict]:
             timed = next(discarded)
             total = sum(trimmed_mean(restated(RoundResult(_ns(timed[f"{part}_ms"]), None, references[part].canary_ns),
                                               scales_ns[part]).samples_ns, trim) / 1e6 for part in PARTS)
+        gate = r.get("gate") or {}
         out.append({"verdict": r["verdict"], "level": reference_level(references, scales_ns), "restated_ms": total,
-                    "probe_ns": ((r.get("gate") or {}).get("seen") or {}).get("canary_ns")})
+                    "probe_ns": (gate.get("seen") or {}).get("canary_ns"), "gate_limit_ns": gate.get("slow_ns"),
+                    "waited_s": gate.get("waited_s"), "gate_timed_out": gate.get("timed_out")})
     return out
 
 
@@ -104,8 +107,10 @@ def calibration_levels(raw: dict, cache_dir: Path) -> list[float] | None:
 
 
 def analyse(rows: list[dict]) -> dict:
-    """The restated total against the reference's level, over every round of the duet rows; and
-    how well the gate's canary probe before each round foretold that level."""
+    """The restated total against the reference's level, over every round of the duet rows; how
+    well the gate's probe before each round foretold that level (the canary's; in
+    results/duet_level_gate.json, measured at commit f66cae1, five whole runs of the
+    reference); and how often and how long the gate waited."""
     rounds = [r for row in rows if row["protocol"] == "duet" for r in row["rounds"]]
     level = np.array([r["level"] for r in rounds])
     total = np.array([r["restated_ms"] for r in rounds])
@@ -120,7 +125,11 @@ def analyse(rows: list[dict]) -> dict:
             "correlation": float(np.corrcoef(level, total)[0, 1]),
             "within_limit": {"rounds": int(near.sum()), "median_restated_ms": median(total[near])},
             "beyond_limit": {"rounds": int((~near).sum()), "median_restated_ms": median(total[~near])},
-            "probe_level_correlation": float(np.corrcoef(*zip(*probed))[0, 1]) if len(probed) > 2 else None}
+            "probe_level_correlation": float(np.corrcoef(*zip(*probed))[0, 1]) if len(probed) > 2 else None,
+            "gate": {"rounds_with_a_limit": sum(1 for r in rounds if r.get("gate_limit_ns")),
+                     "rounds_waited": sum(1 for r in rounds if (r.get("waited_s") or 0) >= POLL_S),
+                     "waits_ran_out": sum(1 for r in rounds if r.get("gate_timed_out")),
+                     "wait_s": float(sum(r.get("waited_s") or 0 for r in rounds))}}
 
 
 def row_summary(protocol: str, csv: Path, sidecar: Path) -> dict:
