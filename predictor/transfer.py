@@ -36,17 +36,17 @@ The stack's own leave-one-out is optimistic (its weights were fitted to it), and
 at k = 5 on every pair. So `auto` keeps "macs" alone (`PRIOR_KIND`) unless the stack
 predicts the rows better when each is left out of the whole stacking, weights included (an
 outer leave-one-out); `metadata["choice"]` records both errors.
-The adapted predictor's intervals (`predictor.conformal`) come from that outer leave-one-out
-of the model kept (the stack, weights included, or "macs"; the choice between them is not
-left out): jackknife+, normalised by each row's leverage (`predictor.leverage`); the k
-left-out corrections are kept for it.
+The adapted predictor's intervals (`predictor.conformal`) come from an outer leave-one-out
+of the whole adaptation, the choice included: each row predicted by what `auto` keeps from
+the other rows (k^2 stackings in all): jackknife+, normalised by each row's leverage
+(`predictor.leverage`); the k left-out corrections are kept for it.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -395,15 +395,15 @@ class _Rows:
         scores["stack"] = _rmspe(loo @ weights, y)
         return _Fit(usable, [f[0] for f in fits], weights, scores)
 
-    def jackknife(self, candidates: Sequence[_Candidate]) -> tuple[np.ndarray, list[dict[str, Correction]]]:
-        """Total latency (ms) of each row predicted by the whole combination made without it,
-        and those combinations' corrections."""
-        n = len(self.ys["total"])
-        predicted, corrections = np.empty(n), []
-        for i in range(n):
-            fit = self.combine(candidates, np.delete(np.arange(n), i))
-            predicted[i] = fit.predict(self, np.array([i]))[0]
-            corrections.append(fit.corrections(self, exact=False))
+    def jackknife(self, fit: Callable[[np.ndarray], "_Fit"],
+                  rows: np.ndarray) -> tuple[np.ndarray, list[dict[str, Correction]]]:
+        """Total latency (ms) of each of `rows` predicted by `fit` made on the others, and
+        those fits' corrections."""
+        predicted, corrections = np.empty(len(rows)), []
+        for i, row in enumerate(rows):
+            made = fit(np.delete(rows, i))
+            predicted[i] = made.predict(self, np.array([row]))[0]
+            corrections.append(made.corrections(self, exact=False))
         return predicted, corrections
 
 
@@ -496,14 +496,11 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     fewest = min((rows.fewest_rows(c) for c in candidates), default=MIN_ROWS)
     if k < fewest:
         raise PredictorError(f"the {method} correction needs at least {fewest} rows, got {k}")
-    stacked = rows.combine(candidates, np.arange(k))
-    jackknifed = rows.jackknife(candidates) if k - 1 >= fewest and (intervals or method == "auto") else None
-    combined, choice = _choose(rows, candidates, stacked, jackknifed) if method == "auto" else (stacked, None)
-    if combined is not stacked and intervals:
-        jackknifed = rows.jackknife(combined.candidates)
+    auto, everything = method == "auto", np.arange(k)
+    combined, stacked, choice = _kept(rows, candidates, everything, auto)
     conformal, cv, left_out, leverage = None, None, (), None
-    if intervals and jackknifed is not None:
-        predicted, left_out = jackknifed
+    if intervals and k - 1 >= fewest:
+        predicted, left_out = rows.jackknife(lambda rest: _kept(rows, candidates, rest, auto)[0], everything)
         leverage, spread = Leverage.fit(rows.X, ys["total"])
         conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife+ (leave-one-out of the "
                                              "adaptation, normalised by leverage)", spread)
@@ -526,19 +523,22 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
                              tuple(left_out), leverage)
 
 
-def _choose(rows: _Rows, candidates: Sequence[_Candidate], stacked: _Fit,
-            jackknifed: tuple[np.ndarray, list] | None) -> tuple[_Fit, dict[str, Any] | None]:
-    """`auto`'s fit: the prior kind alone when its leave-one-out error is no larger than the
+def _kept(rows: _Rows, candidates: Sequence[_Candidate], idx: np.ndarray,
+          auto: bool) -> tuple[_Fit, _Fit, dict[str, Any] | None]:
+    """What `adapt` keeps from the rows `idx`, the stack of the candidates, and with `auto`
+    the choice: the prior kind alone when its leave-one-out error is no larger than the
     stack's outer one (each row predicted by the whole stacking made without it), else the
-    stack; and both errors (None when there is no prior kind or too few rows to compare)."""
+    stack (no choice when there is no prior kind or too few rows to leave one out)."""
+    stacked = rows.combine(candidates, idx)
     prior = [c for c in candidates if c.kind == PRIOR_KIND]
-    k = len(rows.ys["total"])
-    if not prior or jackknifed is None or k - 1 < rows.fewest_rows(prior[0]):
-        return stacked, None
-    alone = rows.combine(prior, np.arange(k))
-    choice = {"stack": _rmspe(jackknifed[0], rows.ys["total"]), PRIOR_KIND: alone.scores[PRIOR_KIND]}
+    if not auto or not prior or len(idx) - 1 < rows.fewest_rows(prior[0]):
+        return stacked, stacked, None
+    outer, _ = rows.jackknife(lambda rest: rows.combine(candidates, rest), idx)
+    alone = rows.combine(prior, idx)
+    y = rows.ys["total"][idx]
+    choice = {"stack": _rmspe(outer, y), PRIOR_KIND: alone.scores[PRIOR_KIND]}
     choice["chosen"] = PRIOR_KIND if choice[PRIOR_KIND] <= choice["stack"] else "stack"
-    return (alone if choice["chosen"] == PRIOR_KIND else stacked), choice
+    return (alone if choice["chosen"] == PRIOR_KIND else stacked), stacked, choice
 
 
 def _own_ridge(df: pd.DataFrame, names: tuple[str, ...]) -> dict[str, CostRidgeRegressor] | None:

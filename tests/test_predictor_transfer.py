@@ -69,12 +69,12 @@ def test_costs_learn_a_fixed_cost_per_layer(base, new_device):
     assert decoder.coef[layers] == pytest.approx(5.0 * norm, rel=1e-6)
     rest = df.iloc[20:]
     for method, worst in (("linear-costs", 1e-6), ("auto", 1e-3)):
-        predicted = adapt(base, df.head(20), method=method).predict_frame(rest)["predicted_ms"]
+        predicted = adapt(base, df.head(20), method=method, intervals=False).predict_frame(rest)["predicted_ms"]
         assert np.abs(predicted / rest["latency_ms"] - 1).max() < worst
     # the stack, left out whole, is near exact; "macs" (no base) is not, so auto keeps the stack
-    choice = adapt(base, df.head(20)).metadata["choice"]
+    choice = adapt(base, df.head(20), intervals=False).metadata["choice"]
     assert choice["chosen"] == "stack" and choice["stack"] < 0.1 < choice["macs"]
-    linear = adapt(base, df.head(20), method="linear").predict_frame(rest)["predicted_ms"]
+    linear = adapt(base, df.head(20), method="linear", intervals=False).predict_frame(rest)["predicted_ms"]
     assert np.abs(linear / rest["latency_ms"] - 1).max() > 0.01
 
 
@@ -130,7 +130,7 @@ def test_shrinkage_learns_what_the_base_misses(base, new_device):
     rest = df.iloc[30:]
     errors = {}
     for method in ("auto", "shrink", "linear"):
-        predicted = adapt(base, df.head(30), method=method).predict_frame(rest)["predicted_ms"]
+        predicted = adapt(base, df.head(30), method=method, intervals=False).predict_frame(rest)["predicted_ms"]
         errors[method] = np.abs(predicted / rest["latency_ms"] - 1).max()
     assert errors["linear"] > 0.1
     assert max(errors["auto"], errors["shrink"]) < errors["linear"] / 10
@@ -140,10 +140,10 @@ def test_alone_is_a_candidate_and_is_train_exactly(base, new_device):
     """The k rows alone are among `auto`'s candidates, and "alone" is exactly `predictor
     train`'s default model (a correction that uses no base)."""
     df = new_device.sample(frac=1, random_state=0).head(40)
-    auto = adapt(base, df.head(25))
+    auto = adapt(base, df.head(25), intervals=False)
     assert min(e.alpha_ for e in train_predictor(df.head(25)).estimators.values()) >= 1e-2
     assert set(auto.metadata["loo_rmspe"]) == {*METHODS, "stack", "auto"}
-    adapted = adapt(base, df.head(25), method="alone")
+    adapted = adapt(base, df.head(25), method="alone", intervals=False)
     assert adapted.metadata["weights"] == {"alone": 1.0}
     assert all(c.scales == (0.0,) for c in adapted.corrections.values())
     own = train_predictor(df.head(25))
@@ -185,7 +185,7 @@ def test_several_bases_at_once(new_device):
         df[f"latency_mean_{part}"] = (0.5 * parts["desktop"][f"predicted_{part}_ms"]
                                       + 0.2 * parts["pi"][f"predicted_{part}_ms"])
     df["latency_ms"] = df["latency_mean_encoder"] + df["latency_mean_decoder"]
-    adapted = adapt([desktop, pi], df.head(20))
+    adapted = adapt([desktop, pi], df.head(20), intervals=False)
     assert sum(w for name, w in adapted.metadata["weights"].items() if name.endswith("[all]")) > 0.99
     assert adapted.corrections["decoder"].scales == pytest.approx((0.5, 0.2), rel=1e-2)
     assert adapted.metadata["base_device"] == ["synthetic-desktop", "synthetic-pi"]
@@ -226,7 +226,7 @@ def test_leave_one_out_is_exact(base, new_device):
 def test_adapted_predictor_predicts_archs(base, new_device):
     from profiler.space import ArchConfig
 
-    adapted = adapt(base, new_device.head(15))
+    adapted = adapt(base, new_device.head(15), intervals=False)
     archs = [ArchConfig.from_json(s) for s in new_device["arch"].head(5)]
     np.testing.assert_allclose(adapted.predict_archs(archs),
                                adapted.predict_frame(new_device.head(5))["predicted_ms"], rtol=1e-12)
