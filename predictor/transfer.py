@@ -314,6 +314,7 @@ class _Rows:
         return np.array([i for i, n in enumerate(self.names) if n.split("/")[0] in names], dtype=int)
 
     def fewest_rows(self, cand: _Candidate) -> int:
+        """Fewest rows `cand` is fitted on, here."""
         return cand.fewest_rows(len(self.terms(cand, self.targets[0])))
 
     def _columns(self, cand: _Candidate, target: str,
