@@ -39,7 +39,7 @@ from predictor.conformal import INTERVAL_CONFIDENCE  # noqa: E402
 from predictor.core import DEFAULT_MODEL, fit_prepared, library_versions, model_spec, prepare  # noqa: E402
 from predictor.metrics import latency_metrics, split_indices  # noqa: E402
 from predictor.suggest import suggest_rows  # noqa: E402
-from predictor.transfer import adapt, evaluate_transfer  # noqa: E402
+from predictor.transfer import BASELESS, adapt, evaluate_transfer  # noqa: E402
 from profiler.dataset import import_hat, read_dataset  # noqa: E402
 
 log = logging.getLogger("bench_transfer")
@@ -50,8 +50,8 @@ HAT_DEVICES = {"raspberrypi": "wmt14enfr_cpu_raspberrypi_all.csv", "xeon": "wmt1
 KS = (5, 10, 20, 40)
 INTERVAL_KS = (10, 20)
 SHOWN = ("mape", "within_10", "kendall_tau")
-#: The adaptation's kinds that use no base, each also scored on its own.
-BASELESS = ("costs", "macs")
+#: The adaptation's kinds that use no base, each also scored on its own ("alone" is, as the rows alone).
+ON_THEIR_OWN = tuple(kind for kind in BASELESS if kind != "alone")
 
 
 def load_hat(hat_dir: Path) -> dict[str, pd.DataFrame]:
@@ -101,10 +101,10 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                         y[held], predicted, INTERVAL_CONFIDENCE, **inputs)
                 alone_predicted = fit_prepared(prep, few, DEFAULT_MODEL).predict_parts(prep.X[held])["total"]
                 # The kinds that use no base: how much of the gain the base itself brings.
-                for kind in BASELESS:
-                    alone_kind = adapt(base, new.iloc[few], kind, intervals=False).predict_frame(new.iloc[held])
+                for kind in ON_THEIR_OWN:
+                    own = adapt(base, new.iloc[few], kind, intervals=False).predict_frame(new.iloc[held])
                     runs.setdefault(f"{kind}/{rows}/{k}", []).append(
-                        latency_metrics(y[held], alone_kind["predicted_ms"].to_numpy()))
+                        latency_metrics(y[held], own["predicted_ms"].to_numpy()))
                 runs.setdefault(f"adapted/{rows}/{k}", []).append(metrics)
                 runs.setdefault(f"alone/{rows}/{k}", []).append(latency_metrics(y[held], alone_predicted))
                 shares = weights.setdefault(f"{rows}/{k}", {})

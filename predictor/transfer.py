@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("ratio", "linear", "shrink", "costs", "linear-costs", "shrink-costs", "macs", "linear-macs",
            "alone")
+#: The kinds that use no base device.
+BASELESS = ("costs", "macs", "alone")
 #: The kind `auto` keeps instead of the stack unless the stack, left out whole, predicts better.
 PRIOR_KIND = "macs"
 #: The features every correction is written on: the default model's plus each part's MACs.
@@ -297,7 +299,7 @@ class _Candidate:
 @dataclass
 class _Rows:
     """The new device's rows as arrays: each base's predictions, features (the first
-    `penalised` columns are the default model's), targets, and the k-rows-alone ridge (its
+    `penalised_columns` are the default model's), targets, and the k-rows-alone ridge (its
     fitted estimators, whose penalties it keeps) when there is one."""
 
     base: list[dict[str, np.ndarray]]
@@ -306,7 +308,7 @@ class _Rows:
     targets: tuple[str, ...]
     own: dict[str, CostRidgeRegressor] | None
     names: list[str]
-    penalised: int
+    penalised_columns: int
 
     def terms(self, cand: _Candidate, target: str) -> np.ndarray:
         """Column indices in X of the candidate's unpenalised feature columns for the target."""
@@ -324,7 +326,7 @@ class _Rows:
         free += list(self.X[np.ix_(rows, self.terms(cand, target))].T)
         if cand.kind != "ratio":
             free.append(np.ones(len(rows)))
-        return free, self.X[rows, :self.penalised] if cand.penalised else None
+        return free, self.X[rows, :self.penalised_columns] if cand.penalised else None
 
     def fit(self, cand: _Candidate, rows: np.ndarray) -> tuple[dict[str, tuple], np.ndarray]:
         """Per-target fitted state of `cand` on `rows`, and its leave-one-out total (ms)."""
@@ -369,7 +371,7 @@ class _Rows:
         if mean is not None:
             raw = beta[len(norms):] / scale
             offset -= float(mean @ raw)
-            coef[:self.penalised] += raw
+            coef[:self.penalised_columns] += raw
         return Correction(tuple(scales), offset, tuple(coef.tolist()))
 
     def predict(self, cand: _Candidate, fitted: dict[str, tuple], rows: np.ndarray) -> np.ndarray:
@@ -444,7 +446,7 @@ def _candidates(method: str, n_bases: int, devices: Sequence[str], alone: bool, 
     for kind in kinds:
         if kind.endswith("macs") and not macs:
             continue
-        if kind in ("costs", "macs", "alone"):
+        if kind in BASELESS:
             if kind != "alone" or alone:
                 out.append(_Candidate(kind, kind, ()))
             continue
