@@ -14,6 +14,9 @@ architecture (the time the target spent on the architecture's rounds, the row's 
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_label.py      # -> benchmarks/results/label.json
 
+`--protocol NAME=OPTIONS` adds a protocol of your own (`hatprof measure` options), e.g.
+shorter rounds: `--protocol 'short=--rounds 20 --max-rounds 48 --warmup 2'`.
+
 Run it on a quiet machine (`uptime` before and after): the `quiet` figures are only that
 when nothing else runs.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -86,11 +90,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--conditions", default="quiet,hog")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"some of {', '.join(PROTOCOLS)}")
+    parser.add_argument("--protocol", action="append", default=[], metavar="NAME=OPTIONS",
+                        help="one more protocol: a name and `hatprof measure` options, e.g. "
+                             "'short=--rounds 30 --max-rounds 60 --warmup 2' (repeatable)")
     parser.add_argument("--cooldown", type=float, default=120.0,
                         help="the gate's longest wait before a round (hatprof measure --cooldown)")
     parser.add_argument("--out", type=Path, default=RESULTS / "label.json")
     args = parser.parse_args()
-    protocols = {name: PROTOCOLS[name] for name in args.protocols.split(",")}
+    protocols = {name: PROTOCOLS[name] for name in args.protocols.split(",") if name}
+    for spec in args.protocol:
+        name, _, options = spec.partition("=")
+        protocols[name] = shlex.split(options)
     cpus = sorted(os.sched_getaffinity(0))
     hog_cpu = cpus[0] if len(cpus) > 1 else None  # the measurement pins the highest-numbered CPU
     result: dict = {"seed": args.seed, "machine": {"host": os.uname().nodename, "cpu_model": cpu_model(),
