@@ -112,8 +112,8 @@ def test_adapt_then_eval(files):
     assert "held-out error by leave-one-out of the adaptation: n=15" in result.output
     saved = load_predictor(out).metadata["choice"]  # what it kept, and why, as the file records it
     kept = "the stack" if saved["chosen"] == "stack" else "macs alone"
-    assert (f"kept {kept}: leave-one-out RMSPE {saved['macs']:.2f}% for macs alone, {saved['stack']:.2f}% "
-            "for the stack left out whole") in result.output
+    assert (f"kept {kept}: leave-one-out MAPE {saved['macs']:.2f}% for macs alone, {saved['stack']:.2f}% "
+            f"for the stack left out whole (paired t {saved['t']:.2f};") in result.output
     result = invoke("eval", "--predictor", out, "--data", files["pi"])
     assert result.exit_code == 0 and "n=80" in result.output
     assert "90% intervals (jackknife+ (leave-one-out of the adaptation, normalised by leverage), 15 scored rows) cover" in result.output

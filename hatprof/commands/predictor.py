@@ -274,8 +274,8 @@ def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int,
     choice = adapted.metadata.get("choice")
     if choice is not None:
         click.echo(f"kept {'the stack' if choice['chosen'] == 'stack' else PRIOR_KIND + ' alone'}: leave-one-out "
-                   f"RMSPE {choice[PRIOR_KIND]:.2f}% for {PRIOR_KIND} alone, {choice['stack']:.2f}% for the stack "
-                   "left out whole")
+                   f"MAPE {choice[PRIOR_KIND]:.2f}% for {PRIOR_KIND} alone, {choice['stack']:.2f}% for the stack "
+                   f"left out whole (paired t {choice['t']:.2f}; the stack needs a significant gain)")
     if cv is not None:
         click.echo(f"held-out error by leave-one-out of the adaptation: {_metrics_line(cv)}")
     if poor:
