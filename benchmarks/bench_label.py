@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"some of {', '.join(PROTOCOLS)}")
     parser.add_argument("--protocol", action="append", default=[], metavar="NAME=OPTIONS",
                         help="one more protocol: a name and `hatprof measure` options, e.g. "
-                             "'short=--rounds 30 --max-rounds 60 --warmup 2' (repeatable)")
+                             "'short=--rounds 20 --max-rounds 48 --warmup 2' (repeatable)")
     parser.add_argument("--cooldown", type=float, default=120.0,
                         help="the gate's longest wait before a round (hatprof measure --cooldown)")
     parser.add_argument("--out", type=Path, default=RESULTS / "label.json")
