@@ -24,7 +24,7 @@ from predictor.core import DEFAULT_MODEL, MODELS, train_predictor
 from predictor.data import check_space, measured_total
 from predictor.metrics import latency_metrics
 from predictor.persistence import load_predictor, save_predictor
-from predictor.transfer import METHODS, PRIOR_KIND
+from predictor.transfer import CHOICE_LEVEL, METHODS, PRIOR_KIND
 from predictor.suggest import suggest_archs
 from predictor.transfer import adapt as adapt_predictor
 
@@ -242,7 +242,8 @@ def _bases(paths: tuple[Path, ...] | Path) -> list:
 @click.option("--method", type=click.Choice(["auto", *METHODS]), default="auto", show_default=True,
               help="Correction of the base predictions (auto: all of them and the rows alone, "
                    "weighted by stacking their leave-one-out predictions on the rows; or macs alone "
-                   "when the stack, left out whole, does not predict the rows better).")
+                   f"unless the stack, left out whole, predicts the rows better by a paired t-test at "
+                   f"{CHOICE_LEVEL:.0%}).")
 @click.option("--out", type=_out, required=True, help="Adapted predictor file to write.")
 @statistic_option
 def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int, inventory: str | None,
