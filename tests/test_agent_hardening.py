@@ -59,13 +59,19 @@ def test_a_request_head_sent_byte_by_byte_is_cut_off_at_the_deadline(tmp_path):
 def test_slow_unauthenticated_connections_make_way_for_new_ones(tmp_path):
     """At the connection cap, the oldest connection still sending its head is closed, not the newcomer refused."""
     server = start_agent(tmp_path / "cache", max_connections=2, socket_timeout_s=60, request_timeout_s=60)
+    dated = []  # the agent dates a request again when its handler starts it, after accepting the connection
+
+    def mark(connection: socket.socket, trusted: bool, _mark=server.mark) -> None:
+        _mark(connection, trusted)
+        dated.append(connection)
+    server.mark = mark
     try:
         slow = [socket.create_connection(_address(server), timeout=5) for _ in range(2)]
         for sock in slow:
             sock.sendall(b"GET /v1/health HTTP/1.1\r\n")  # and nothing more, no token
-        # both slots taken and both requests begun (the agent dates a request from its handler's start)
-        assert wait_until(lambda: server._connections._value == 0 and len(server._open) == 2
-                          and None not in server._open.values())
+        # both slots taken and both requests begun and dated
+        assert wait_until(lambda: server._connections._value == 0 and len(dated) == 2
+                          and len(server._open) == 2 and None not in server._open.values())
         with server._open_lock:
             oldest_port = min(server._open.items(), key=lambda item: item[1])[0].getpeername()[1]
         status, _, body = request(server.url, "GET", "/v1/health", token=None)
