@@ -10,7 +10,8 @@ Reported: the least-squares slope of the restated total on the level, relative t
 level 1, and their correlation; the median restated total of the rounds within
 `profiler.duet.LEVEL_LIMIT` of the scale and of those beyond; the machine's calibration rounds
 (the trimmed means the scale was made of, over the scale); each row's label, flag, interval
-and discarded rounds.
+and discarded rounds; and each row's plain label, HAT's trimmed mean of the same rounds' clean
+runs as timed (not restated): what gating rounds on the reference's level alone would give.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_duet_level.py       # -> results/duet_level.json
     # the same analysis of duet sidecars already written (plain or gzipped; the CSV beside each)
@@ -38,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from profiler.artifacts import cache_root  # noqa: E402
 from profiler.canary_history import machine_key  # noqa: E402
-from profiler.convergence import PARTS  # noqa: E402
+from profiler.convergence import CANARY_LIMIT, PARTS  # noqa: E402
 from profiler.dataset import measurements_from_raw, raw_path_for  # noqa: E402
-from profiler.duet import LEVEL_LIMIT, CalibrationHistory, reference_level, restated  # noqa: E402
+from profiler.duet import (LEVEL_LIMIT, CalibrationHistory, brackets_ns, reference_level, restated,  # noqa: E402
+                          steady_runs)
 from profiler.gate import POLL_S  # noqa: E402
 from profiler.metadata import cpu_model  # noqa: E402
 from profiler.protocol import RoundResult, trimmed_mean  # noqa: E402
@@ -87,6 +89,28 @@ def duet_rounds(raw: dict, trim: float) -> list[dict]:
                     "probe_ns": (gate.get("seen") or {}).get("canary_ns"), "gate_limit_ns": gate.get("slow_ns"),
                     "waited_s": gate.get("waited_s"), "gate_timed_out": gate.get("timed_out")})
     return out
+
+
+def plain_label_ms(raw: dict, trim: float) -> float | None:
+    """HAT's trimmed mean of the label rounds' clean runs as timed, not restated: the label a
+    mode that kept only the rounds duet mode keeps (reference at its level, runs whose
+    brackets are steady) would report. The sidecar holds those runs restated; each is timed
+    time = restated x bracket / scale (None when no round was kept)."""
+    env = raw["environment"]
+    label_rounds = [r for r in env["rounds"] if r["verdict"] is None]
+    sizes = {"encoder": raw["round_sizes"], "decoder": raw.get("decoder_round_sizes") or raw["round_sizes"]}
+    total = 0.0
+    for part in PARTS:
+        restated_ms, timed_ms, start = raw[f"{part}_ms"], [], 0
+        for r, n in zip(label_rounds, sizes[part]):
+            references = RoundResult((0,) * (len(r["canary_ns"][part]) - 1), None, tuple(r["canary_ns"][part]))
+            brackets = brackets_ns(references)[np.array(steady_runs(references, CANARY_LIMIT))]
+            timed_ms += list(np.asarray(restated_ms[start:start + n]) * brackets / 1e6 / env["duet"]["scale_ms"][part])
+            start += n
+        if not timed_ms:
+            return None
+        total += trimmed_mean(_ns(timed_ms), trim) / 1e6
+    return total
 
 
 def calibration_levels(raw: dict, cache_dir: Path) -> list[float] | None:
@@ -139,7 +163,9 @@ def row_summary(protocol: str, csv: Path, sidecar: Path) -> dict:
            "rounds_used": int(row["rounds_used"]),
            "discarded_why": "" if pd.isna(row["discarded_why"]) else str(row["discarded_why"])}
     if protocol == "duet":
-        out["rounds"] = duet_rounds(_read_sidecar(sidecar), float(row["trim"]))
+        raw = _read_sidecar(sidecar)
+        out["rounds"] = duet_rounds(raw, float(row["trim"]))
+        out["plain_label_ms"] = plain_label_ms(raw, float(row["trim"]))
     return out
 
 
@@ -162,11 +188,18 @@ def measure_rows(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Path, P
 def report(measured: list[tuple[str, Path, Path]], cache_dir: Path) -> dict:
     rows = [row_summary(*m) for m in measured]
     labels = [r["latency_ms"] for r in rows if r["protocol"] == "duet"]
+    plain = [r["plain_label_ms"] for r in rows if r["protocol"] == "duet" and r["plain_label_ms"] is not None]
     first = next(sidecar for name, _, sidecar in measured if name == "duet")
     return {"rows": rows, "analysis": analyse(rows),
             "duet": {"labels_ms": labels, "flagged": sum(r["unstable"] for r in rows if r["protocol"] == "duet"),
-                     "spread": (max(labels) - min(labels)) / statistics.median(labels)},
+                     "spread": _spread(labels)},
+            # the same rounds, not restated (rows that kept a round)
+            "plain": {"labels_ms": plain, "spread": _spread(plain) if plain else None},
             "calibration_levels": calibration_levels(_read_sidecar(first), cache_dir)}
+
+
+def _spread(values: list[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values)
 
 
 def main() -> None:
