@@ -14,6 +14,16 @@ METRIC_KEYS = ("n", "rmse_ms", "mape", "rmspe", "within_5", "within_10",
 SPLIT = (0.8, 0.1)
 
 
+def mape(measured_ms: np.ndarray, predicted_ms: np.ndarray) -> float:
+    """Mean absolute relative error, in % of the measured latency."""
+    return float(100 * np.mean(np.abs(predicted_ms / measured_ms - 1)))
+
+
+def rmspe(measured_ms: np.ndarray, predicted_ms: np.ndarray) -> float:
+    """Root mean squared relative error, in % of the measured latency."""
+    return float(100 * np.sqrt(np.mean(np.square(predicted_ms / measured_ms - 1))))
+
+
 def latency_metrics(measured_ms: np.ndarray, predicted_ms: np.ndarray) -> dict[str, float | int | None]:
     """RMSE (ms), MAPE and RMSPE (%), shares within +-5%/+-10%, Kendall's tau, Spearman's rho.
 
@@ -29,8 +39,8 @@ def latency_metrics(measured_ms: np.ndarray, predicted_ms: np.ndarray) -> dict[s
     out: dict[str, float | int | None] = {
         "n": int(len(y)),
         "rmse_ms": float(np.sqrt(np.mean((p - y) ** 2))),
-        "mape": float(100 * np.mean(np.abs(rel))),
-        "rmspe": float(100 * np.sqrt(np.mean(rel ** 2))),
+        "mape": mape(y, p),
+        "rmspe": rmspe(y, p),
         "within_5": float(np.mean(np.abs(rel) <= 0.05)),
         "within_10": float(np.mean(np.abs(rel) <= 0.10)),
         "kendall_tau": None,

@@ -5,7 +5,7 @@ features (around the base's predictions). Its k rows should cover the space thos
 features span, so that no held-out architecture lies far from every measured one: a
 farthest-point (k-center) design over the standardised features, starting from the most
 central candidate, then each time the candidate farthest from all rows taken so far.
-On HAT's devices it beat random rows on every pair at k = 20 and 40 (2 of 6 at k = 5;
+On HAT's devices it beat random rows on every pair at k = 20 and 40 (3 of 6 at k = 5;
 benchmarks/bench_transfer.py), and did better than designs over HAT's 10 features, the
 cost terms alone, k-medoids, or features weighted by the base's coefficients. A D-optimal
 design spends its first rows on extreme corners, which generalise worst when k is smaller

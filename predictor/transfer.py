@@ -67,7 +67,7 @@ from predictor.conformal import Conformal
 from predictor.leverage import Leverage, standardise
 from predictor.core import (DEFAULT_MODEL, MIN_ROWS, LatencyPredictor, fit_prepared, jsonable,
                             library_versions, model_spec, prediction_frame, prepare)
-from predictor.metrics import latency_metrics
+from predictor.metrics import latency_metrics, mape, rmspe
 from predictor.models import CostRidgeRegressor, _relative_weights
 
 log = logging.getLogger(__name__)
@@ -403,8 +403,8 @@ class _Rows:
         fits = [self.fit(c, rows) for c in usable]
         loo = np.column_stack([f[1] for f in fits])
         weights = stack_weights(loo, y) if len(usable) > 1 else np.ones(1)
-        scores = {c.name: _rmspe(loo[:, i], y) for i, c in enumerate(usable)}
-        scores["stack"] = _rmspe(loo @ weights, y)
+        scores = {c.name: rmspe(y, loo[:, i]) for i, c in enumerate(usable)}
+        scores["stack"] = rmspe(y, loo @ weights)
         return _Fit(usable, [f[0] for f in fits], weights, scores, loo @ weights)
 
     def jackknife(self, fit: Callable[[np.ndarray], "_Fit"],
@@ -417,16 +417,6 @@ class _Rows:
             predicted[i] = made.predict(self, np.array([row]))[0]
             corrections.append(made.corrections(self, exact=False))
         return predicted, corrections
-
-
-def _rmspe(predicted_ms: np.ndarray, y_ms: np.ndarray) -> float:
-    """Root mean squared relative error, in % of the measured latency."""
-    return float(100 * np.sqrt(np.mean(np.square(predicted_ms / y_ms - 1))))
-
-
-def _mape(predicted_ms: np.ndarray, y_ms: np.ndarray) -> float:
-    """Mean absolute relative error, in % of the measured latency."""
-    return float(100 * np.mean(np.abs(predicted_ms / y_ms - 1)))
 
 
 @dataclass
@@ -558,7 +548,7 @@ def _kept(rows: _Rows, candidates: Sequence[_Candidate], idx: np.ndarray,
     alone = rows.combine(prior, idx)
     y = rows.ys["total"][idx]
     gain = np.abs(alone.loo_ms / y - 1) - np.abs(outer / y - 1)
-    choice = {"stack": _mape(outer, y), PRIOR_KIND: _mape(alone.loo_ms, y), "t": _paired_t(gain)}
+    choice = {"stack": mape(y, outer), PRIOR_KIND: mape(y, alone.loo_ms), "t": _paired_t(gain)}
     choice["chosen"] = "stack" if choice["t"] > stats.t.ppf(1 - CHOICE_LEVEL, len(idx) - 1) else PRIOR_KIND
     return (alone if choice["chosen"] == PRIOR_KIND else stacked), stacked, choice
 
