@@ -44,8 +44,9 @@ test, of squared errors at 2.5%, kept "macs" where the stack was better, into th
 k = 40, and there lost to the rows alone.)
 The adapted predictor's intervals (`predictor.conformal`) come from an outer leave-one-out
 of the whole adaptation, the choice included: each row predicted by what `auto` keeps from
-the other rows (k^2 stackings in all): jackknife+, normalised by each row's leverage
-(`predictor.leverage`); the k left-out corrections are kept for it.
+the other rows (about k^2 / 2 stackings, each set of rows stacked once): jackknife+,
+normalised by each row's leverage (`predictor.leverage`); the k left-out corrections are
+kept for it.
 """
 from __future__ import annotations
 
@@ -244,20 +245,73 @@ def _ridge_correction(est: CostRidgeRegressor, n_bases: int, width: int | None =
 # -- fitting on arrays --------------------------------------------------------------------------
 
 
-def _weighted_ridge(free: np.ndarray, penalised: np.ndarray, y: np.ndarray, w: np.ndarray,
-                    alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients of `min sum w (y - [free pen] b)^2 + alpha |b_pen|^2` and the exact
-    leave-one-out residuals (e_i / (1 - h_ii) of the weighted hat matrix)."""
-    Z = np.column_stack([free, penalised])
-    A = Z * np.sqrt(w)[:, None]
-    G = A.T @ A
-    penalty = np.r_[np.zeros(free.shape[1]), np.full(penalised.shape[1], alpha)]
-    # A whisker of ridge on the free columns keeps G invertible when they are collinear.
-    G[np.diag_indices_from(G)] += penalty + 1e-10 * max(float(np.trace(G)) / len(G), 1e-300)
-    G_inv = np.linalg.inv(G)
-    beta = G_inv @ (A.T @ (y * np.sqrt(w)))
-    leverage = np.einsum("ij,jk,ik->i", A, G_inv, A)
-    return beta, (y - Z @ beta) / np.maximum(1.0 - leverage, 1e-9)
+@dataclass(frozen=True)
+class _RidgeBasis:
+    """The weighted design of `min sum w (y - [free pen] b)^2 + alpha |b_pen|^2`, decomposed
+    once for every penalty: with the free columns' span (orthonormal Q) projected out of the
+    penalised ones, B = (I - QQ') pen = U S V', the hat matrix is QQ' + U diag(s^2 / (s^2 +
+    alpha)) U'. Collinear free columns get the least-norm solution."""
+
+    root: np.ndarray
+    pen: np.ndarray
+    Q: np.ndarray
+    s_free: np.ndarray
+    Vt_free: np.ndarray
+    U: np.ndarray
+    s: np.ndarray
+    Vt: np.ndarray
+
+    @classmethod
+    def of(cls, free: np.ndarray, penalised: np.ndarray, w: np.ndarray) -> "_RidgeBasis":
+        root = np.sqrt(w)
+        A_free, A_pen = free * root[:, None], penalised * root[:, None]
+        U_free, s_free, Vt_free = np.linalg.svd(A_free, full_matrices=False)
+        rank = int(np.sum(s_free > s_free.max(initial=0.0) * max(A_free.shape) * np.finfo(np.float64).eps))
+        Q = U_free[:, :rank]
+        U, s, Vt = np.linalg.svd(A_pen - Q @ (Q.T @ A_pen), full_matrices=False)
+        return cls(root, A_pen, Q, s_free[:rank], Vt_free[:rank], U, s, Vt)
+
+    def leverage(self, alpha: float) -> np.ndarray:
+        return np.sum(self.Q ** 2, axis=1) + self.U ** 2 @ _ratio(self.s ** 2, self.s ** 2 + alpha)
+
+    def residuals(self, y: np.ndarray, alpha: float) -> np.ndarray:
+        """y less its fit (unweighted)."""
+        y_w = y * self.root
+        shrink = _ratio(self.s ** 2, self.s ** 2 + alpha)
+        return (y_w - self.Q @ (self.Q.T @ y_w) - self.U @ (shrink * (self.U.T @ y_w))) / self.root
+
+    def coefficients(self, y: np.ndarray, alpha: float) -> np.ndarray:
+        """b: the free columns' coefficients, then the penalised ones'."""
+        y_w = y * self.root
+        b_pen = self.Vt.T @ (_ratio(self.s, self.s ** 2 + alpha) * (self.U.T @ y_w))
+        return np.r_[self.Vt_free.T @ ((self.Q.T @ (y_w - self.pen @ b_pen)) / self.s_free), b_pen]
+
+
+def _ridge_path(free: np.ndarray, penalised: np.ndarray, y: np.ndarray, w: np.ndarray,
+                alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Of the ridge (`_RidgeBasis`) at each of `alphas`, the one of least weighted leave-one-out
+    error: its coefficients and its exact leave-one-out residuals, e_i / (1 - h_ii) of the
+    weighted hat matrix; a row the fit passes through whatever it is (h_ii = 1) by a refit
+    without it."""
+    basis = _RidgeBasis.of(free, penalised, w)
+    best = None
+    for alpha in alphas:
+        h = basis.leverage(alpha)
+        loo = basis.residuals(y, alpha) / np.maximum(1.0 - h, 1e-9)
+        for i in np.flatnonzero(h > 1.0 - 1e-9):
+            rest = np.arange(len(y)) != i
+            b = _RidgeBasis.of(free[rest], penalised[rest], w[rest]).coefficients(y[rest], alpha)
+            loo[i] = y[i] - np.r_[free[i], penalised[i]] @ b
+        score = float(np.sum(w * loo ** 2))
+        if best is None or score < best[0]:
+            best = (score, alpha, loo)
+    _, alpha, loo = best
+    return basis.coefficients(y, alpha), loo
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b, 0 where b is 0 (a direction of no data and no penalty)."""
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
 
 
 def stack_weights(loo_ms: np.ndarray, y_ms: np.ndarray) -> np.ndarray:
@@ -309,7 +363,8 @@ class _Candidate:
 class _Rows:
     """The new device's rows as arrays: each base's predictions, features (the first
     `penalised_columns` are the default model's), targets, and the k-rows-alone ridge (its
-    fitted estimators, whose penalties it keeps) when there is one."""
+    fitted estimators, whose penalties it keeps) when there is one. Each stacking is made
+    once per set of rows: the nested leave-one-out asks for every set without two rows twice."""
 
     base: list[dict[str, np.ndarray]]
     X: np.ndarray
@@ -318,6 +373,7 @@ class _Rows:
     own: dict[str, CostRidgeRegressor] | None
     names: list[str]
     penalised_columns: int
+    _combined: dict[tuple, "_Fit"] = field(default_factory=dict, init=False, repr=False)
 
     def terms(self, cand: _Candidate, target: str) -> np.ndarray:
         """Column indices in X of the candidate's unpenalised feature columns for the target."""
@@ -352,13 +408,7 @@ class _Rows:
                 mean, scale = standardise(raw)
                 pen = (raw - mean) / scale
                 alphas = (self.own[t].alpha_,) if cand.kind == "alone" else _ALPHAS
-            best = None
-            for alpha in alphas:
-                beta, loo = _weighted_ridge(F, pen, y, w, alpha)
-                score = float(np.sum(w * loo ** 2))
-                if best is None or score < best[0]:
-                    best = (score, beta, loo)
-            _, beta, loo = best
+            beta, loo = _ridge_path(F, pen, y, w, alphas)
             fitted[t] = (beta, norms, mean, scale)
             loo_total += y - loo
         return fitted, loo_total
@@ -396,6 +446,12 @@ class _Rows:
 
     def combine(self, candidates: Sequence[_Candidate], rows: np.ndarray) -> "_Fit":
         """Every candidate that `rows` suffice for, fitted, and their stacking weights."""
+        key = (tuple(c.name for c in candidates), tuple(rows.tolist()))
+        if key not in self._combined:
+            self._combined[key] = self._combine(candidates, rows)
+        return self._combined[key]
+
+    def _combine(self, candidates: Sequence[_Candidate], rows: np.ndarray) -> "_Fit":
         usable = [c for c in candidates if len(rows) >= self.fewest_rows(c)]
         if not usable:
             raise PredictorError(f"no correction can be fitted on {len(rows)} rows")
@@ -565,7 +621,7 @@ def _paired_t(gain: np.ndarray) -> float:
 
 def _own_ridge(df: pd.DataFrame, names: tuple[str, ...]) -> dict[str, CostRidgeRegressor] | None:
     """`predictor train`'s default model on the rows, when it is the relative ridge on the
-    corrections' penalised features (whose leave-one-out `_weighted_ridge` computes exactly); else
+    corrections' penalised features (whose leave-one-out `_ridge_path` computes exactly); else
     there is no k-rows-alone candidate."""
     spec = model_spec(DEFAULT_MODEL)
     if spec.feature_set != PENALISED_SET:

@@ -8,8 +8,8 @@ from scipy import stats
 
 from profiler.errors import PredictorError
 from predictor import adapt, features, train_predictor
-from predictor.transfer import (CHOICE_LEVEL, FEATURE_SET, METHODS, PENALISED_SET, _paired_t, evaluate_transfer,
-                                stack_weights)
+from predictor.transfer import (CHOICE_LEVEL, FEATURE_SET, METHODS, PENALISED_SET, _paired_t, _ridge_path,
+                                evaluate_transfer, stack_weights)
 from predictor.synthetic import synthetic_frame
 
 
@@ -258,6 +258,35 @@ def test_leave_one_out_is_exact(base, new_device):
         refit = [rows.predict(cand, rows.fit(cand, np.delete(np.arange(12), i))[0], np.array([i]))[0]
                  for i in range(12)]
         np.testing.assert_allclose(loo, refit, rtol=1e-8)
+
+
+def _ridge_by_normal_equations(free, pen, y, w, alpha):
+    """The partly penalised weighted ridge solved directly (least norm on the free columns)."""
+    Z = np.column_stack([free, pen]) * np.sqrt(w)[:, None]
+    penalty = np.sqrt(alpha) * np.eye(Z.shape[1])[free.shape[1]:]
+    return np.linalg.lstsq(np.vstack([Z, penalty]), np.r_[y * np.sqrt(w), np.zeros(len(penalty))], rcond=None)[0]
+
+
+def test_ridge_path_is_the_best_penalty_refitted_without_each_row():
+    """Every penalty's leave-one-out by refitting (a row only one free column sees, which the fit
+    passes through, included); the path keeps the least weighted one, with its coefficients."""
+    rng = np.random.default_rng(3)
+    n = 9
+    free = np.column_stack([np.ones(n), rng.uniform(1, 2, n), np.eye(n)[4]])
+    pen = rng.normal(size=(n, 4))
+    y = free[:, :2] @ [2.0, 3.0] + pen @ [0.5, -0.2, 0.1, 0.0] + rng.normal(0, 0.3, n) + 10
+    w = 1 / y ** 2
+    alphas = (0.01, 0.3, 10.0)
+    best = None
+    for alpha in alphas:
+        loo = np.array([y[i] - np.r_[free[i], pen[i]] @ _ridge_by_normal_equations(
+            np.delete(free, i, 0), np.delete(pen, i, 0), np.delete(y, i), np.delete(w, i), alpha) for i in range(n)])
+        if best is None or np.sum(w * loo ** 2) < best[0]:
+            best = (np.sum(w * loo ** 2), _ridge_by_normal_equations(free, pen, y, w, alpha), loo)
+    beta, loo = _ridge_path(free, pen, y, w, alphas)
+    np.testing.assert_allclose(loo, best[2], rtol=1e-8)
+    np.testing.assert_allclose(beta, best[1], rtol=1e-8, atol=1e-10)
+    assert abs(loo[4]) > 0.01  # the row the third column alone sees: predicted without it, not 0
 
 
 def test_adapted_predictor_predicts_archs(base, new_device):
