@@ -14,8 +14,11 @@ and discarded rounds; and each row's plain label, HAT's trimmed mean of the same
 runs as timed (not restated): what gating rounds on the reference's level alone would give.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_duet_level.py       # -> results/duet_level.json
+    # spread over an hour or more, the rows and their sidecars kept
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_duet_level.py --repeats 10 --spacing 600 --keep DIR
     # the same analysis of duet sidecars already written (plain or gzipped; the CSV beside each)
     PYTHONPATH=. .venv/bin/python benchmarks/bench_duet_level.py --sidecars 'DIR/*.raw.jsonl.gz' --out OUT
+    # (default rows' sidecars among them are reported beside the duet rows, as when measuring)
 
 Run it with nothing else on the machine (`uptime` before and after).
 """
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,11 @@ def _read_sidecar(path: Path) -> dict:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         return json.loads(f.readline())
+
+
+def _protocol(sidecar: Path) -> str:
+    """"duet" or "default": which mode wrote a sidecar."""
+    return "duet" if "duet" in _read_sidecar(sidecar)["environment"] else "default"
 
 
 def _csv_beside(sidecar: Path) -> Path:
@@ -169,19 +178,23 @@ def row_summary(protocol: str, csv: Path, sidecar: Path) -> dict:
     return out
 
 
-def measure_rows(args: argparse.Namespace, tmp: Path) -> list[tuple[str, Path, Path]]:
-    """Measure `--repeats` times per protocol, each in a fresh process: (protocol, CSV, sidecar)."""
+def measure_rows(args: argparse.Namespace, folder: Path) -> list[tuple[str, Path, Path]]:
+    """Measure `--repeats` times per protocol, each in a fresh process, `--spacing` seconds
+    from one repeat's start to the next: (protocol, CSV, sidecar)."""
     measured = []
     protocols = {name: PROTOCOLS[name] for name in args.protocols.split(",")}
     for repeat in range(args.repeats):
+        started = time.monotonic()
         for name, extra in protocols.items():
-            out = tmp / f"{name}-{repeat}.csv"
+            out = folder / f"{name}-{repeat}.csv"
             subprocess.run([sys.executable, "-m", "hatprof", "measure", "--device", "local", "--space", "compact",
                             "--samples", "1", "--seed", str(args.seed), "--out", str(out), *extra],
                            check=True, capture_output=True, text=True)
             measured.append((name, out, raw_path_for(out)))
             print(f"{name} {repeat + 1}/{args.repeats}: {pd.read_csv(out)['latency_ms'].iloc[0]:.2f} ms",
                   file=sys.stderr)
+        if repeat + 1 < args.repeats:
+            time.sleep(max(0.0, args.spacing - (time.monotonic() - started)))
     return measured
 
 
@@ -189,12 +202,15 @@ def report(measured: list[tuple[str, Path, Path]], cache_dir: Path) -> dict:
     rows = [row_summary(*m) for m in measured]
     labels = [r["latency_ms"] for r in rows if r["protocol"] == "duet"]
     plain = [r["plain_label_ms"] for r in rows if r["protocol"] == "duet" and r["plain_label_ms"] is not None]
+    default = [r for r in rows if r["protocol"] == "default"]
     first = next(sidecar for name, _, sidecar in measured if name == "duet")
     return {"rows": rows, "analysis": analyse(rows),
             "duet": {"labels_ms": labels, "flagged": sum(r["unstable"] for r in rows if r["protocol"] == "duet"),
                      "spread": _spread(labels)},
             # the same rounds, not restated (rows that kept a round)
             "plain": {"labels_ms": plain, "spread": _spread(plain) if plain else None},
+            "default": {"labels_ms": [r["latency_ms"] for r in default], "flagged": sum(r["unstable"] for r in default),
+                        "spread": _spread([r["latency_ms"] for r in default]) if default else None},
             "calibration_levels": calibration_levels(_read_sidecar(first), cache_dir)}
 
 
@@ -206,6 +222,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=7, help="seed of the one sampled compact architecture")
     parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--spacing", type=float, default=0.0,
+                        help="seconds from one repeat's start to the next (default: back to back)")
+    parser.add_argument("--keep", type=Path, help="write the rows and their sidecars here (default: a temporary folder)")
     parser.add_argument("--protocols", default="duet,default", help="duet, and default for comparison")
     parser.add_argument("--sidecars", help="analyse these duet sidecars (a glob) instead of measuring")
     parser.add_argument("--cache-dir", type=Path, default=None, help="the artifact cache the calibration is kept in")
@@ -219,11 +238,13 @@ def main() -> None:
     if args.sidecars:  # measured earlier: the load then is the measurer's to record
         paths = sorted(Path(p) for p in glob.glob(args.sidecars))
         result["sidecars"] = [p.name for p in paths]
-        result.update(report([("duet", _csv_beside(p), p) for p in paths], cache_dir))
+        result.update(report([(_protocol(p), _csv_beside(p), p) for p in paths], cache_dir))
     else:
         result["load_before"] = os.getloadavg()
         with tempfile.TemporaryDirectory() as tmp:
-            result.update(report(measure_rows(args, Path(tmp)), cache_dir))
+            folder = args.keep or Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            result.update(report(measure_rows(args, folder), cache_dir))
         result["load_after"] = os.getloadavg()
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
