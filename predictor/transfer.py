@@ -528,7 +528,7 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
 
     The outer leave-one-out (each row predicted by the whole adaptation, weights included,
     made without it) gives the intervals and `metadata["cross_validation"]`, the honest
-    error estimate; `intervals=False` skips it (k times the work of the adaptation).
+    error estimate; `intervals=False` skips it (about k / 2 times the adaptation's own work).
     """
     if method not in ("auto", *METHODS):
         raise PredictorError(f"unknown transfer method {method!r} (known: auto, {', '.join(METHODS)})")
