@@ -271,14 +271,19 @@ class _RidgeBasis:
         U, s, Vt = np.linalg.svd(A_pen - Q @ (Q.T @ A_pen), full_matrices=False)
         return cls(root, A_pen, Q, s_free[:rank], Vt_free[:rank], U, s, Vt)
 
-    def leverage(self, alpha: float) -> np.ndarray:
-        return np.sum(self.Q ** 2, axis=1) + self.U ** 2 @ _ratio(self.s ** 2, self.s ** 2 + alpha)
+    def _shrink(self, alphas: np.ndarray) -> np.ndarray:
+        """s^2 / (s^2 + alpha), a row per penalty."""
+        return _ratio(self.s ** 2, self.s ** 2 + alphas[:, None])
 
-    def residuals(self, y: np.ndarray, alpha: float) -> np.ndarray:
-        """y less its fit (unweighted)."""
+    def leverage(self, alphas: np.ndarray) -> np.ndarray:
+        """The hat matrix's diagonal, a column per penalty."""
+        return np.sum(self.Q ** 2, axis=1)[:, None] + self.U ** 2 @ self._shrink(alphas).T
+
+    def residuals(self, y: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+        """y less its fit (unweighted), a column per penalty."""
         y_w = y * self.root
-        shrink = _ratio(self.s ** 2, self.s ** 2 + alpha)
-        return (y_w - self.Q @ (self.Q.T @ y_w) - self.U @ (shrink * (self.U.T @ y_w))) / self.root
+        fitted = (self.Q @ (self.Q.T @ y_w))[:, None] + self.U @ (self._shrink(alphas) * (self.U.T @ y_w)).T
+        return (y_w[:, None] - fitted) / self.root[:, None]
 
     def coefficients(self, y: np.ndarray, alpha: float) -> np.ndarray:
         """b: the free columns' coefficients, then the penalised ones'."""
@@ -290,28 +295,24 @@ class _RidgeBasis:
 def _ridge_path(free: np.ndarray, penalised: np.ndarray, y: np.ndarray, w: np.ndarray,
                 alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Of the ridge (`_RidgeBasis`) at each of `alphas`, the one of least weighted leave-one-out
-    error: its coefficients and its exact leave-one-out residuals, e_i / (1 - h_ii) of the
-    weighted hat matrix; a row the fit passes through whatever it is (h_ii = 1) by a refit
-    without it."""
-    basis = _RidgeBasis.of(free, penalised, w)
-    best = None
-    for alpha in alphas:
-        h = basis.leverage(alpha)
-        loo = basis.residuals(y, alpha) / np.maximum(1.0 - h, 1e-9)
-        for i in np.flatnonzero(h > 1.0 - 1e-9):
-            rest = np.arange(len(y)) != i
-            b = _RidgeBasis.of(free[rest], penalised[rest], w[rest]).coefficients(y[rest], alpha)
-            loo[i] = y[i] - np.r_[free[i], penalised[i]] @ b
-        score = float(np.sum(w * loo ** 2))
-        if best is None or score < best[0]:
-            best = (score, alpha, loo)
-    _, alpha, loo = best
-    return basis.coefficients(y, alpha), loo
+    error (the first, on a tie): its coefficients and its exact leave-one-out residuals,
+    e_i / (1 - h_ii) of the weighted hat matrix; a row the fit passes through whatever it is
+    (h_ii = 1) by a refit without it."""
+    basis, alphas = _RidgeBasis.of(free, penalised, w), np.asarray(alphas, dtype=np.float64)
+    h = basis.leverage(alphas)
+    loo = basis.residuals(y, alphas) / np.maximum(1.0 - h, 1e-9)
+    for i, j in zip(*np.nonzero(h > 1.0 - 1e-9)):
+        rest = np.arange(len(y)) != i
+        b = _RidgeBasis.of(free[rest], penalised[rest], w[rest]).coefficients(y[rest], alphas[j])
+        loo[i, j] = y[i] - np.r_[free[i], penalised[i]] @ b
+    best = int(np.argmin(w @ loo ** 2))
+    return basis.coefficients(y, alphas[best]), loo[:, best]
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a / b, 0 where b is 0 (a direction of no data and no penalty)."""
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+    """a / b (broadcast), 0 where b is 0 (a direction of no data and no penalty)."""
+    a, b = np.broadcast_arrays(a, b)
+    return np.divide(a, b, out=np.zeros(b.shape), where=b > 0)
 
 
 def stack_weights(loo_ms: np.ndarray, y_ms: np.ndarray) -> np.ndarray:
@@ -374,11 +375,15 @@ class _Rows:
     names: list[str]
     penalised_columns: int
     _combined: dict[tuple, "_Fit"] = field(default_factory=dict, init=False, repr=False)
+    _columns_of: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def terms(self, cand: _Candidate, target: str) -> np.ndarray:
         """Column indices in X of the candidate's unpenalised feature columns for the target."""
         names = (cand.terms or {}).get(target, ())
-        return np.array([i for i, n in enumerate(self.names) if n.split("/")[0] in names], dtype=int)
+        if names not in self._columns_of:
+            self._columns_of[names] = np.array([i for i, n in enumerate(self.names) if n.split("/")[0] in names],
+                                               dtype=int)
+        return self._columns_of[names]
 
     def fewest_rows(self, cand: _Candidate) -> int:
         """Fewest rows `cand` is fitted on, here."""
