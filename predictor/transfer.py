@@ -468,15 +468,17 @@ class _Rows:
         scores["stack"] = rmspe(y, loo @ weights)
         return _Fit(usable, [f[0] for f in fits], weights, scores, loo @ weights)
 
-    def jackknife(self, fit: Callable[[np.ndarray], "_Fit"],
-                  rows: np.ndarray) -> tuple[np.ndarray, list[dict[str, Correction]]]:
+    def jackknife(self, fit: Callable[[np.ndarray], "_Fit"], rows: np.ndarray,
+                  progress: Callable[[], None] | None = None) -> tuple[np.ndarray, list[dict[str, Correction]]]:
         """Total latency (ms) of each of `rows` predicted by `fit` made on the others, and
-        those fits' corrections."""
+        those fits' corrections; `progress` is called after each row."""
         predicted, corrections = np.empty(len(rows)), []
         for i, row in enumerate(rows):
             made = fit(np.delete(rows, i))
             predicted[i] = made.predict(self, np.array([row]))[0]
             corrections.append(made.corrections(self, exact=False))
+            if progress is not None:
+                progress()
         return predicted, corrections
 
 
@@ -528,12 +530,14 @@ def _candidates(method: str, n_bases: int, devices: Sequence[str], alone: bool, 
 
 
 def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
-          method: str = "auto", intervals: bool = True) -> TransferPredictor:
+          method: str = "auto", intervals: bool = True,
+          progress: Callable[[], None] | None = None) -> TransferPredictor:
     """Adapt one or several base predictors to the device the rows of `df` were measured on.
 
     The outer leave-one-out (each row predicted by the whole adaptation, weights included,
     made without it) gives the intervals and `metadata["cross_validation"]`, the honest
     error estimate; `intervals=False` skips it (about k / 2 times the adaptation's own work).
+    `progress` is called as each row's left-out adaptation is done.
     """
     if method not in ("auto", *METHODS):
         raise PredictorError(f"unknown transfer method {method!r} (known: auto, {', '.join(METHODS)})")
@@ -570,7 +574,8 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     combined, stacked, choice = _kept(rows, candidates, everything, auto)
     conformal, cv, left_out, leverage = None, None, (), None
     if intervals and k - 1 >= fewest:
-        predicted, left_out = rows.jackknife(lambda rest: _kept(rows, candidates, rest, auto)[0], everything)
+        predicted, left_out = rows.jackknife(lambda rest: _kept(rows, candidates, rest, auto)[0], everything,
+                                             progress)
         leverage, spread = Leverage.fit(rows.X, ys["total"])
         conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife+ (leave-one-out of the "
                                              "adaptation, normalised by leverage)", spread)

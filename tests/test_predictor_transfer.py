@@ -289,6 +289,12 @@ def test_ridge_path_is_the_best_penalty_refitted_without_each_row():
     assert abs(loo[4]) > 0.01  # the row the third column alone sees: predicted without it, not 0
 
 
+def test_progress_is_reported_once_per_left_out_row(base, new_device):
+    calls = []
+    adapted = adapt(base, new_device.head(12), progress=lambda: calls.append(len(calls)))
+    assert len(calls) == 12 == adapted.intervals.rows
+
+
 def test_adapted_predictor_predicts_archs(base, new_device):
     from profiler.space import ArchConfig
 

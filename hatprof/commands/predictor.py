@@ -261,7 +261,11 @@ def adapt(base: tuple[Path, ...], data: Path | None, device: str | None, k: int,
     if device is not None:
         data = _measure_suggested(base_predictors, device, k, inventory, measurements or out.with_suffix(".csv"),
                                   seed, protocol, fmt)
-    adapted = adapt_predictor(base_predictors, read_dataset(data, statistic or "trimmed-mean"), method)
+    from hatprof.devices import progress_bar
+
+    rows = read_dataset(data, statistic or "trimmed-mean")
+    with progress_bar(len(rows), "leaving each row out of the adaptation") as bar:
+        adapted = adapt_predictor(base_predictors, rows, method, progress=lambda: bar.update(1))
     loo = adapted.metadata["loo_rmspe"].get(adapted.method)
     cv = adapted.metadata.get("cross_validation")
     error = cv["rmspe"] if cv is not None else loo
