@@ -7,7 +7,8 @@ measured (their sidecars: every round's runs and canaries), what the label would
 each run been kept only when both its canaries were within LIMIT of the machine's fast level
 (the gate's, recorded in each round): HAT's trimmed mean of those runs, encoder + decoder, and
 how many runs were left (a label needs 300). Rows measured in fresh processes repeat under a
-limit when their recomputed labels agree.
+limit when their recomputed labels agree. Also the mean run of each part by how far its
+canaries were above the fast level: whether the canary sees the slowdown at all.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_canary_limit.py --sidecars 'DIR/default*.raw.jsonl*' --out OUT
 
@@ -94,6 +95,22 @@ def label_under(rounds: list[dict[str, list[float]]], records: list[dict], canar
     return total, fewest
 
 
+def runs_by_band(rounds: list[dict[str, list[float]]], records: list[dict], canary_every: int, fast_ns: float,
+                 limits: list[float]) -> list[dict[str, float]]:
+    """Each run's band: the least of `limits` its two canaries were within over `fast_ns` (or
+    beyond them all), as (band, part, ms) records."""
+    out = []
+    for runs, record in zip(rounds, records):
+        for part in PARTS:
+            canaries = record["canary_ns"][part]
+            for i, ms in enumerate(runs[part]):
+                window = i // canary_every
+                ratio = max(canaries[window], canaries[min(window + 1, len(canaries) - 1)]) / fast_ns - 1
+                band = next((f"{limit:g}" for limit in sorted(limits) if ratio <= limit), "beyond")
+                out.append({"band": band, "part": part, "ms": ms})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sidecars", action="append", required=True,
@@ -104,7 +121,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     limits = [float(v) for v in args.limits.split(",")]
-    rows = []
+    rows, banded = [], []
     for path in sorted(p for pattern in args.sidecars for p in glob.glob(pattern)):
         raw = _read_sidecar(Path(path))
         if "duet" in raw["environment"]:
@@ -114,6 +131,7 @@ def main() -> None:
         if fast is None:
             continue
         row = {"sidecar": path, "rounds": len(rounds), "rounds_not_rebuilt": unbuilt, "fast_canary_us": fast / 1e3}
+        banded += runs_by_band(rounds, records, args.canary_every, fast, limits)
         for limit in limits:
             label, runs = label_under(rounds, records, args.canary_every, fast, limit, args.trim)
             row[f"{limit:g}"] = {"label_ms": label, "runs": runs}
@@ -124,10 +142,14 @@ def main() -> None:
         full = [r[f"{limit:g}"]["label_ms"] for r in rows if r[f"{limit:g}"]["runs"] >= 300]
         summary[f"{limit:g}"] = {"labels": len(labels), "spread": _spread(labels),
                                  "labels_of_300_runs": len(full), "spread_of_300_runs": _spread(full)}
-    result = {"canary_limit_now": CANARY_LIMIT, "rows": rows, "summary": summary}
+    # How fast the runs were, by how far their canaries were above the fast level (all rows).
+    bands = {f"{band}/{part}": {"runs": len(ms), "mean_ms": statistics.fmean(ms)}
+             for band in [*(f"{limit:g}" for limit in sorted(limits)), "beyond"] for part in PARTS
+             if (ms := [r["ms"] for r in banded if r["band"] == band and r["part"] == part])}
+    result = {"canary_limit_now": CANARY_LIMIT, "rows": rows, "summary": summary, "runs_by_canary": bands}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
+    print(json.dumps({"summary": summary, "runs_by_canary": bands}, indent=1))
 
 
 def _spread(values: list[float]) -> float | None:
