@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_duet_level import _read_sidecar  # noqa: E402
+from bench_duet_level import _read_sidecar, _spread  # noqa: E402
 from profiler.convergence import CANARY_LIMIT, PARTS, clean_runs  # noqa: E402
 from profiler.protocol import RoundResult, trimmed_mean  # noqa: E402
 
@@ -77,38 +77,28 @@ def rounds_in_order(raw: dict, canary_every: int) -> tuple[list[dict[str, list[f
     return out, kept_records, unbuilt
 
 
-def label_under(rounds: list[dict[str, list[float]]], records: list[dict], canary_every: int, fast_ns: float,
-                limit: float, trim: float) -> tuple[float | None, int]:
-    """HAT's trimmed mean (ms, encoder + decoder) of the runs whose two canaries were within
-    `limit` of `fast_ns`, and the fewest runs left in a part (None when a part kept none)."""
-    total, fewest = 0.0, None
-    for part in PARTS:
-        kept = []
-        for runs, record in zip(rounds, records):
-            mask = clean_runs(RoundResult((0,) * len(runs[part]), None, tuple(record["canary_ns"][part])),
-                              canary_every, fast_ns * (1 + limit) / (1 + CANARY_LIMIT))
-            kept += [t for t, keep in zip(runs[part], mask) if keep]
-        fewest = len(kept) if fewest is None else min(fewest, len(kept))
-        if not kept:
-            return None, 0
-        total += trimmed_mean([int(round(t * 1e6)) for t in kept], trim) / 1e6
-    return total, fewest
-
-
-def runs_by_band(rounds: list[dict[str, list[float]]], records: list[dict], canary_every: int, fast_ns: float,
-                 limits: list[float]) -> list[dict[str, float]]:
-    """Each run's band: the least of `limits` its two canaries were within over `fast_ns` (or
-    beyond them all), as (band, part, ms) records."""
+def canary_ratios(rounds: list[dict[str, list[float]]], records: list[dict], canary_every: int,
+                  fast_ns: float) -> list[tuple[str, float, float]]:
+    """Each run as (part, ms, how far above `fast_ns` the larger of its two canaries was)."""
     out = []
     for runs, record in zip(rounds, records):
         for part in PARTS:
             canaries = record["canary_ns"][part]
             for i, ms in enumerate(runs[part]):
                 window = i // canary_every
-                ratio = max(canaries[window], canaries[min(window + 1, len(canaries) - 1)]) / fast_ns - 1
-                band = next((f"{limit:g}" for limit in sorted(limits) if ratio <= limit), "beyond")
-                out.append({"band": band, "part": part, "ms": ms})
+                larger = max(canaries[window], canaries[min(window + 1, len(canaries) - 1)])
+                out.append((part, ms, larger / fast_ns - 1))
     return out
+
+
+def label_under(runs: list[tuple[str, float, float]], limit: float, trim: float) -> tuple[float | None, int]:
+    """HAT's trimmed mean (ms, encoder + decoder) of the runs whose canaries were within `limit`
+    of the fast level, and the fewest runs left in a part (None when a part kept none)."""
+    kept = {part: [ms for p, ms, ratio in runs if p == part and ratio <= limit] for part in PARTS}
+    fewest = min(len(v) for v in kept.values())
+    if not fewest:
+        return None, 0
+    return sum(trimmed_mean([int(round(ms * 1e6)) for ms in v], trim) / 1e6 for v in kept.values()), fewest
 
 
 def main() -> None:
@@ -121,7 +111,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     limits = [float(v) for v in args.limits.split(",")]
-    rows, banded = [], []
+    rows, every_run = [], []
     for path in sorted(p for pattern in args.sidecars for p in glob.glob(pattern)):
         raw = _read_sidecar(Path(path))
         if "duet" in raw["environment"]:
@@ -131,29 +121,29 @@ def main() -> None:
         if fast is None:
             continue
         row = {"sidecar": path, "rounds": len(rounds), "rounds_not_rebuilt": unbuilt, "fast_canary_us": fast / 1e3}
-        banded += runs_by_band(rounds, records, args.canary_every, fast, limits)
+        runs = canary_ratios(rounds, records, args.canary_every, fast)
+        every_run += runs
         for limit in limits:
-            label, runs = label_under(rounds, records, args.canary_every, fast, limit, args.trim)
-            row[f"{limit:g}"] = {"label_ms": label, "runs": runs}
+            label, kept = label_under(runs, limit, args.trim)
+            row[f"{limit:g}"] = {"label_ms": label, "runs": kept}
         rows.append(row)
     summary = {}
     for limit in limits:
         labels = [r[f"{limit:g}"]["label_ms"] for r in rows if r[f"{limit:g}"]["label_ms"] is not None]
         full = [r[f"{limit:g}"]["label_ms"] for r in rows if r[f"{limit:g}"]["runs"] >= 300]
-        summary[f"{limit:g}"] = {"labels": len(labels), "spread": _spread(labels),
-                                 "labels_of_300_runs": len(full), "spread_of_300_runs": _spread(full)}
+        summary[f"{limit:g}"] = {"labels": len(labels), "spread": _spread(labels) if len(labels) > 1 else None,
+                                 "labels_of_300_runs": len(full),
+                                 "spread_of_300_runs": _spread(full) if len(full) > 1 else None}
     # How fast the runs were, by how far their canaries were above the fast level (all rows).
-    bands = {f"{band}/{part}": {"runs": len(ms), "mean_ms": statistics.fmean(ms)}
-             for band in [*(f"{limit:g}" for limit in sorted(limits)), "beyond"] for part in PARTS
-             if (ms := [r["ms"] for r in banded if r["band"] == band and r["part"] == part])}
+    edges = [-float("inf"), *sorted(limits), float("inf")]
+    bands = {f"{'beyond' if high == float('inf') else f'{high:g}'}/{part}":
+             {"runs": len(ms), "mean_ms": statistics.fmean(ms)}
+             for low, high in zip(edges, edges[1:]) for part in PARTS
+             if (ms := [m for p, m, ratio in every_run if p == part and low < ratio <= high])}
     result = {"canary_limit_now": CANARY_LIMIT, "rows": rows, "summary": summary, "runs_by_canary": bands}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"summary": summary, "runs_by_canary": bands}, indent=1))
-
-
-def _spread(values: list[float]) -> float | None:
-    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else None
 
 
 if __name__ == "__main__":

@@ -224,7 +224,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--spacing", type=float, default=0.0,
                         help="seconds from one repeat's start to the next (default: back to back)")
-    parser.add_argument("--keep", type=Path, help="write the rows and their sidecars here (default: a temporary folder)")
+    parser.add_argument("--keep", type=Path,
+                        help="write the rows and their sidecars here (default: a temporary folder)")
     parser.add_argument("--protocols", default="duet,default", help="duet, and default for comparison")
     parser.add_argument("--sidecars", help="analyse these duet sidecars (a glob) instead of measuring")
     parser.add_argument("--cache-dir", type=Path, default=None, help="the artifact cache the calibration is kept in")
