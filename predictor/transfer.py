@@ -469,17 +469,16 @@ class _Rows:
         return _Fit(usable, [f[0] for f in fits], weights, scores, loo @ weights)
 
     def jackknife(self, fit: Callable[[np.ndarray], "_Fit"], rows: np.ndarray,
-                  progress: Callable[[], None] | None = None) -> tuple[np.ndarray, list[dict[str, Correction]]]:
+                  progress: Callable[[], None] | None = None) -> tuple[np.ndarray, list["_Fit"]]:
         """Total latency (ms) of each of `rows` predicted by `fit` made on the others, and
-        those fits' corrections; `progress` is called after each row."""
-        predicted, corrections = np.empty(len(rows)), []
+        those fits; `progress` is called after each row."""
+        predicted, fits = np.empty(len(rows)), []
         for i, row in enumerate(rows):
-            made = fit(np.delete(rows, i))
-            predicted[i] = made.predict(self, np.array([row]))[0]
-            corrections.append(made.corrections(self, exact=False))
+            fits.append(fit(np.delete(rows, i)))
+            predicted[i] = fits[-1].predict(self, np.array([row]))[0]
             if progress is not None:
                 progress()
-        return predicted, corrections
+        return predicted, fits
 
 
 @dataclass
@@ -574,8 +573,8 @@ def adapt(base: LatencyPredictor | Sequence[LatencyPredictor], df: pd.DataFrame,
     combined, stacked, choice = _kept(rows, candidates, everything, auto)
     conformal, cv, left_out, leverage = None, None, (), None
     if intervals and k - 1 >= fewest:
-        predicted, left_out = rows.jackknife(lambda rest: _kept(rows, candidates, rest, auto)[0], everything,
-                                             progress)
+        predicted, fits = rows.jackknife(lambda rest: _kept(rows, candidates, rest, auto)[0], everything, progress)
+        left_out = [f.corrections(rows, exact=False) for f in fits]
         leverage, spread = Leverage.fit(rows.X, ys["total"])
         conformal = Conformal.from_residuals(ys["total"], predicted, "jackknife+ (leave-one-out of the "
                                              "adaptation, normalised by leverage)", spread)
