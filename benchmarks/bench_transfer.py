@@ -12,8 +12,11 @@ only) or at random; the adapted predictor, the default model on the same k rows 
 the "costs" and "macs" corrections alone (the kinds that use no base: what the base adds
 beyond them), and the default model on all 80% are scored on the other 20% (400 rows). Reported per
 pair and k: MAPE, share within +-10%, Kendall's tau, the candidates' mean stacking weights,
-and the coverage of the adapted predictor's 90% intervals. Writes `results/transfer_hat.json`
-and one figure, `results/transfer_hat.png` (predicted vs measured, base / adapted / alone).
+and the coverage of the adapted predictor's 90% intervals, also under other spreads
+(`SPREADS`: the intervals' normalisation, `predictor.leverage`, with other penalties and
+powers, and none) on the same left-out residuals, so the default's neighbourhood shows.
+Writes `results/transfer_hat.json` and one figure, `results/transfer_hat.png` (predicted vs
+measured, base / adapted / alone).
 
 `bundled`: the README's transfer table on the bundled data (ONNX Runtime -> TorchScript on
 the same CPU), both latency labels, via `predictor.transfer.evaluate_transfer`. Writes
@@ -34,12 +37,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from predictor import train_predictor  # noqa: E402
-from predictor.conformal import INTERVAL_CONFIDENCE  # noqa: E402
+from predictor import features, train_predictor  # noqa: E402
+from predictor.conformal import INTERVAL_CONFIDENCE, Conformal  # noqa: E402
 from predictor.core import DEFAULT_MODEL, fit_prepared, library_versions, model_spec, prepare  # noqa: E402
 from predictor.metrics import latency_metrics, split_indices  # noqa: E402
 from predictor.suggest import suggest_rows  # noqa: E402
-from predictor.transfer import BASELESS, adapt, evaluate_transfer  # noqa: E402
+from predictor.leverage import ALPHA, SPREAD_POWER, Leverage  # noqa: E402
+from predictor.transfer import BASELESS, FEATURE_SET, adapt, evaluate_transfer  # noqa: E402
 from profiler.dataset import import_hat, read_dataset  # noqa: E402
 
 log = logging.getLogger("bench_transfer")
@@ -52,6 +56,29 @@ INTERVAL_KS = (10, 20)
 SHOWN = ("mape", "within_10", "kendall_tau")
 #: The adaptation's kinds that use no base, each also scored on its own ("alone" is, as the rows alone).
 ON_THEIR_OWN = tuple(kind for kind in BASELESS if kind != "alone")
+#: The spreads the sweep tries, (leverage penalty, power of 1 + h): none (power 0), the square
+#: root of 1 + h (a noise model; the default before), and 1 + h (bias), each at four penalties.
+SPREADS = ((ALPHA, 0.0), *((alpha, power) for power in (0.5, 1.0) for alpha in (0.1, 0.3, 1.0, 3.0)))
+
+
+def spread_name(alpha: float, power: float) -> str:
+    return "none" if power == 0 else f"alpha={alpha:g},power={power:g}"
+
+
+def spread_sweep(adapted, few: pd.DataFrame, held: pd.DataFrame, predicted: np.ndarray,
+                 left_out_ms: np.ndarray) -> dict[str, float]:
+    """Coverage of the adapted predictor's intervals on `held` under each of `SPREADS`: its
+    left-out residuals renormalised, the held-out rows' spreads recomputed."""
+    ctx, y_few = adapted.base.context, few["latency_ms"].to_numpy()
+    X_few, X_held = features.from_frame(FEATURE_SET, few, ctx), features.from_frame(FEATURE_SET, held, ctx)
+    residuals = np.asarray(adapted.intervals.scores) * Leverage.fit(X_few, y_few)[1]
+    out = {}
+    for alpha, power in SPREADS:
+        leverage, spread = Leverage.fit(X_few, y_few, alpha, power)
+        out[spread_name(alpha, power)] = Conformal(tuple(residuals / spread), "sweep", plus=True).coverage(
+            held["latency_ms"].to_numpy(), predicted, INTERVAL_CONFIDENCE, left_out_ms,
+            leverage.spread(X_held, predicted))
+    return out
 
 
 def load_hat(hat_dir: Path) -> dict[str, pd.DataFrame]:
@@ -78,6 +105,7 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
     base_predicted = base.predict_frame(new)["predicted_ms"].to_numpy()
     runs: dict = {"reference": [], "base": []}
     weights: dict = {}
+    sweeps: dict = {}
     plot = None
     for draw in range(draws):
         pool, validation, test = split_indices(len(new), draw)
@@ -99,6 +127,9 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                 if intervals is not None and intervals.rows >= intervals.min_rows(INTERVAL_CONFIDENCE):
                     metrics[f"coverage_{round(100 * INTERVAL_CONFIDENCE)}"] = intervals.coverage(
                         y[held], predicted, INTERVAL_CONFIDENCE, **inputs)
+                    for name, cov in spread_sweep(adapted, new.iloc[few], new.iloc[held], predicted,
+                                                  inputs["left_out_ms"]).items():
+                        sweeps.setdefault(f"{rows}/{k}", {}).setdefault(name, []).append(cov)
                 alone_predicted = fit_prepared(prep, few, DEFAULT_MODEL).predict_parts(prep.X[held])["total"]
                 # The kinds that use no base: how much of the gain the base itself brings.
                 for kind in ON_THEIR_OWN:
@@ -115,6 +146,7 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                             "alone": alone_predicted}
     out = {name: _mean_metrics(r) for name, r in runs.items()}
     out["mean_weights"] = weights
+    out["coverage_by_spread"] = {key: {name: float(np.mean(v)) for name, v in c.items()} for key, c in sweeps.items()}
     return {"summary": out, "plot": plot}
 
 
@@ -138,6 +170,18 @@ def check_hat(pairs: dict, ks: tuple[int, ...]) -> dict:
     coverages = [v for c in checks["coverage_90_k20"].values() for v in c.values() if v is not None]
     checks["coverage_90_k20_mean"] = float(np.mean(coverages)) if coverages else None
     return checks
+
+
+def pooled_sweep(pairs: dict) -> dict:
+    """Each spread's coverage per k and row choice, and per k both choices pooled, over the pairs."""
+    out: dict = {}
+    for s in pairs.values():
+        for key, by_name in s["coverage_by_spread"].items():
+            rows, k = key.split("/")
+            for name, cov in by_name.items():
+                for where in (key, f"pooled/{k}"):
+                    out.setdefault(name, {}).setdefault(where, []).append(cov)
+    return {name: {where: float(np.mean(v)) for where, v in c.items()} for name, c in out.items()}
 
 
 def plot_hat(plots: dict, path: Path) -> None:
@@ -182,6 +226,11 @@ def run_hat(args: argparse.Namespace) -> dict:
             log.info("%s -> %s in %.0f s: %s", a, b, time.time() - started,
                      json.dumps({k: v for k, v in result["summary"].items() if "/20" in k or k == "reference"}))
     checks = check_hat(pairs, args.ks)
+    sweep = pooled_sweep(pairs)
+    default = spread_name(ALPHA, SPREAD_POWER)
+    for name, c in sweep.items():
+        log.info("coverage with spread %s%s: %s", name, " (the default)" * (name == default),
+                 {where: round(v, 4) for where, v in sorted(c.items())})
     plot_path = args.out.with_suffix(".png")
     plot_hat(plots, plot_path)
     return {"data": {"hat_dir": str(args.hat_dir), "devices": list(frames),
@@ -189,7 +238,7 @@ def run_hat(args: argparse.Namespace) -> dict:
             "settings": {"draws": args.draws, "ks": list(args.ks), "default_model": DEFAULT_MODEL,
                          "pool": "80% of HAT's seeded split (seed = draw)", "held_out": "the other 20%",
                          "confidence": INTERVAL_CONFIDENCE},
-            "pairs": pairs, "checks": checks, "plot": plot_path.name}
+            "pairs": pairs, "checks": checks, "coverage_by_spread": sweep, "plot": plot_path.name}
 
 
 def run_bundled(args: argparse.Namespace) -> dict:

@@ -92,11 +92,15 @@ def test_leverage_spread_of_a_left_out_row():
     X = rng.normal(size=(20, 3))
     y = np.exp(rng.normal(size=20))
     leverage, left_out = Leverage.fit(X, y)
-    h = leverage.spread(X, y) ** 2 - 1  # each row's leverage in the fit on all rows
-    np.testing.assert_allclose(left_out ** 2 - 1, h / (1 - h), rtol=1e-9)
+    h = leverage.spread(X, y) - 1  # each row's leverage in the fit on all rows
+    np.testing.assert_allclose(left_out - 1, h / (1 - h), rtol=1e-9)
     # Far from the rows, an architecture is harder to predict than at their centre.
     far, centre = leverage.spread(np.array([[10.0, 10.0, 10.0], X.mean(0)]), np.array([1.0, 1.0]))
     assert far > 1.5 and centre < 1.05
+    # A file written before the power was recorded keeps its spreads: sqrt(1 + h).
+    old = {key: value for key, value in leverage.to_dict().items() if key != "power"}
+    np.testing.assert_allclose(Leverage.from_dict(old).spread(X, y), np.sqrt(1 + h), rtol=1e-12)
+    assert Leverage.from_dict(leverage.to_dict()) == leverage
 
 
 def test_adapted_intervals_hold_for_random_and_suggested_rows():
