@@ -38,7 +38,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from predictor import features, train_predictor  # noqa: E402
-from predictor.conformal import INTERVAL_CONFIDENCE, Conformal  # noqa: E402
+from predictor.conformal import COVERAGE_KEY, INTERVAL_CONFIDENCE, Conformal  # noqa: E402
 from predictor.core import DEFAULT_MODEL, fit_prepared, library_versions, model_spec, prepare  # noqa: E402
 from predictor.metrics import latency_metrics, split_indices  # noqa: E402
 from predictor.suggest import suggest_rows  # noqa: E402
@@ -94,7 +94,7 @@ def load_hat(hat_dir: Path) -> dict[str, pd.DataFrame]:
 
 def _mean_metrics(runs: list[dict]) -> dict:
     return {key: float(np.mean([r[key] for r in runs if r.get(key) is not None]))
-            for key in (*SHOWN, f"coverage_{round(100 * INTERVAL_CONFIDENCE)}") if any(r.get(key) is not None for r in runs)}
+            for key in (*SHOWN, COVERAGE_KEY) if any(r.get(key) is not None for r in runs)}
 
 
 def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot: bool) -> dict:
@@ -125,10 +125,11 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
                 metrics = latency_metrics(y[held], predicted)
                 intervals = adapted.intervals
                 if intervals is not None and intervals.rows >= intervals.min_rows(INTERVAL_CONFIDENCE):
-                    metrics[f"coverage_{round(100 * INTERVAL_CONFIDENCE)}"] = intervals.coverage(
-                        y[held], predicted, INTERVAL_CONFIDENCE, **inputs)
-                    for name, cov in spread_sweep(adapted, new.iloc[few], new.iloc[held], predicted,
-                                                  inputs["left_out_ms"]).items():
+                    metrics[COVERAGE_KEY] = intervals.coverage(y[held], predicted, INTERVAL_CONFIDENCE, **inputs)
+                    sweep = spread_sweep(adapted, new.iloc[few], new.iloc[held], predicted, inputs["left_out_ms"])
+                    if not np.isclose(sweep[spread_name(ALPHA, SPREAD_POWER)], metrics[COVERAGE_KEY]):
+                        raise RuntimeError("the sweep's residuals are not the adapted predictor's")
+                    for name, cov in sweep.items():
                         sweeps.setdefault(f"{rows}/{k}", {}).setdefault(name, []).append(cov)
                 alone_predicted = fit_prepared(prep, few, DEFAULT_MODEL).predict_parts(prep.X[held])["total"]
                 # The kinds that use no base: how much of the gain the base itself brings.
@@ -152,7 +153,6 @@ def hat_pair(base, new: pd.DataFrame, draws: int, ks: tuple[int, ...], keep_plot
 
 def check_hat(pairs: dict, ks: tuple[int, ...]) -> dict:
     """The issue's acceptance, pair by pair."""
-    cov_key = f"coverage_{round(100 * INTERVAL_CONFIDENCE)}"
     checks: dict = {"within_10_k20_suggested_vs_1600_rows": {}, "adapted_mape_le_alone": {},
                     "coverage_90_k20": {}, "suggested_beat_random_k20": {}}
     for pair, s in pairs.items():
@@ -163,7 +163,8 @@ def check_hat(pairs: dict, ks: tuple[int, ...]) -> dict:
             f"{rows}/{k}": {"adapted": s[f"adapted/{rows}/{k}"]["mape"], "alone": s[f"alone/{rows}/{k}"]["mape"],
                             "pass": bool(s[f"adapted/{rows}/{k}"]["mape"] <= s[f"alone/{rows}/{k}"]["mape"])}
             for rows in ("suggested", "random") for k in ks}
-        checks["coverage_90_k20"][pair] = {rows: s[f"adapted/{rows}/20"].get(cov_key) for rows in ("suggested", "random")}
+        checks["coverage_90_k20"][pair] = {rows: s[f"adapted/{rows}/20"].get(COVERAGE_KEY)
+                                           for rows in ("suggested", "random")}
         checks["suggested_beat_random_k20"][pair] = {
             "suggested_mape": s["adapted/suggested/20"]["mape"], "random_mape": s["adapted/random/20"]["mape"],
             "pass": bool(s["adapted/suggested/20"]["mape"] < s["adapted/random/20"]["mape"])}
