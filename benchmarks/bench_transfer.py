@@ -178,7 +178,7 @@ def pooled_sweep(pairs: dict) -> dict:
     out: dict = {}
     for s in pairs.values():
         for key, by_name in s["coverage_by_spread"].items():
-            rows, k = key.split("/")
+            k = key.split("/")[1]
             for name, cov in by_name.items():
                 for where in (key, f"pooled/{k}"):
                     out.setdefault(name, {}).setdefault(where, []).append(cov)
